@@ -1,0 +1,3 @@
+from tive.cli import main
+
+raise SystemExit(main())

@@ -1,0 +1,129 @@
+"""Typed options of each stage, and their command-line flags.
+
+Each stage has one dataclass; a field's metadata carries its help text (and optionally `flag`, `choices`,
+`action`). The CLI builds its parsers from these classes, so an option is declared once and `tive run` passes
+each one to the stage it concerns. Field names are the names used in provenance files.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+from dataclasses import dataclass, field
+from typing import Any, get_type_hints
+
+
+def opt(default: Any, help: str, **extra: Any) -> Any:
+    """A dataclass field with CLI metadata."""
+    meta = {"help": help, **extra}
+    if isinstance(default, list):
+        return field(default_factory=lambda: list(default), metadata=meta)
+    return field(default=default, metadata=meta)
+
+
+@dataclass
+class PrepareOptions:
+    """How to read the input and group it into tasks."""
+
+    images: str | None = opt(None, "root folder of the images; record image paths resolve under it")
+    task_field: str | None = opt(None, "record field naming each record's task (source dataset), e.g. dataset")
+    task_rules: str | None = opt(
+        None, "built-in rule set (llava665k) or a YAML file of ordered rules mapping image path / instruction to a task"
+    )
+    on_missing_image: str = opt(
+        "error", "missing or unreadable image: stop with an error, or mark the record skipped", choices=["error", "skip"]
+    )
+
+
+@dataclass
+class WarmupOptions:
+    """The reference model: base model + a LoRA warm-up on a small, task-balanced sample."""
+
+    model: str = opt("tiny", "base model: 'tiny' (built-in, offline) or a Hugging Face image-text-to-text checkpoint directory")
+    warmup_fraction: float = opt(0.08, "share of the ok records used for the warm-up, split equally across tasks")
+    lora_rank: int | None = opt(None, "LoRA rank (default: 128 for a checkpoint as the authors; 8 for tiny)")
+    lora_alpha: float | None = opt(None, "LoRA alpha (default: 2 x rank)")
+    lora_targets: str = opt(
+        "q_proj,k_proj,v_proj,o_proj", "comma-separated module names inside the language model that get LoRA"
+    )
+    learning_rate: float | None = opt(None, "warm-up learning rate (default: 2e-5 for a checkpoint as the authors; 1e-3 for tiny)")
+    epochs: int | None = opt(None, "warm-up epochs (default: 1 for a checkpoint as the authors; 4 for tiny)")
+    batch_size: int = opt(8, "warm-up batch size (records per optimiser step)")
+    seed: int = opt(0, "seed of the warm-up sample, LoRA initialisation, shuffling and the selection")
+    device: str = opt("auto", "torch device: auto (cuda if available, else cpu), cpu, cuda, cuda:1, ...")
+    force: bool = opt(False, "redo the stage even if its outputs exist with other settings", action="store_true")
+
+
+@dataclass
+class FeaturesOptions:
+    """Per-record gradients of the answer loss w.r.t. the LoRA parameters, projected."""
+
+    proj_dim: int = opt(8192, "projected feature dimension (capped at the gradient size)")
+    proj_seed: int = opt(0, "seed of the Rademacher projection")
+    chunk_size: int = opt(256, "records per committed chunk of features (the resume unit)")
+    device: str = opt("auto", "torch device: auto (cuda if available, else cpu), cpu, cuda, cuda:1, ...")
+    force: bool = opt(False, "redo the stage even if its outputs exist with other settings", action="store_true")
+
+
+@dataclass
+class SelectOptions:
+    """The budgeted selection."""
+
+    budget: str = opt("0.15", "subset size: a fraction of the eligible records (0.15 or 15%) or a count (1500)")
+    seed: int = opt(0, "seed of the warm-up sample, LoRA initialisation, shuffling and the selection")
+    choose: str = opt("sample", "instance choice within a task", choices=["sample", "top"])
+    temperature: float = opt(
+        0.1, "sampling temperature on instance values (probability ~ exp(value / T)); the authors' q=0.001 is T=1000"
+    )
+    oversample: bool = opt(
+        False, "let a task whose share exceeds its size repeat records (the authors' behaviour)", action="store_true"
+    )
+    exclude_task: list[str] = opt([], "task to leave out of the selection (repeatable)", action="append")
+
+
+def add_options(parser: argparse.ArgumentParser, cls: type, title: str | None = None) -> None:
+    """Add one flag per field of `cls` to `parser`; a flag already present (e.g. --seed) is shared."""
+    existing = {action.dest for action in parser._actions}
+    group = parser.add_argument_group(title or cls.__name__.replace("Options", "").lower())
+    hints = get_type_hints(cls)
+    for f in dataclasses.fields(cls):
+        if f.name in existing:
+            continue
+        meta = f.metadata
+        flag = meta.get("flag", "--" + f.name.replace("_", "-"))
+        kwargs: dict[str, Any] = {"dest": f.name, "help": meta["help"]}
+        action = meta.get("action")
+        if action == "store_true":
+            kwargs["action"] = "store_true"
+        elif action == "append":
+            kwargs["action"] = "append"
+            kwargs["default"] = None
+        else:
+            kwargs["type"] = _scalar_type(hints[f.name])
+            if "choices" in meta:
+                kwargs["choices"] = meta["choices"]
+        if action != "append":
+            default = f.default if f.default is not dataclasses.MISSING else f.default_factory()  # type: ignore[misc]
+            kwargs["default"] = default
+            if default is not None and action != "store_true":
+                kwargs["help"] += f" (default: {default})"
+        group.add_argument(flag, **kwargs)
+
+
+def options_from_args(cls: type, args: argparse.Namespace) -> Any:
+    """Build a `cls` instance from parsed arguments (fields missing from `args` keep their defaults)."""
+    values = {}
+    for f in dataclasses.fields(cls):
+        if hasattr(args, f.name):
+            value = getattr(args, f.name)
+            if value is None and f.metadata.get("action") == "append":
+                value = []
+            values[f.name] = value
+    return cls(**values)
+
+
+def _scalar_type(hint: Any) -> type:
+    for candidate in (int, float, str):
+        if hint is candidate or candidate in getattr(hint, "__args__", ()):
+            return candidate
+    return str

@@ -1,0 +1,1 @@
+"""Gradient features: per-record LoRA gradients, random projections, and the feature store."""

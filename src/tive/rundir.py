@@ -1,0 +1,118 @@
+"""The run directory: where each stage finds its inputs and commits its outputs.
+
+Layout (every file is written to a temporary name and moved into place; markers are written last):
+
+    prepare.json              what prepare read: input path + SHA-256, format, image root, task options, counts
+    manifest.jsonl            one line per input record: index, id, task, status, grad_norm, value, selected
+    base_model/               the built-in model's weights + processor (only for --model tiny)
+    warmup/adapter/           the reference model's LoRA adapter (adapter_model.safetensors + adapter_config.json)
+    warmup/train_log.jsonl    loss per optimiser step
+    warmup/warmup.json        warm-up settings, warm-up record indices, hashes (the stage's completion marker)
+    features/chunks/          per-chunk projected gradients + norms (resume unit)
+    features/features.npy     projected gradients, one row per `ok` manifest record, in manifest order
+    features/norms.npy        unprojected gradient L2 norms, same rows
+    features/meta.json        provenance: model, adapter hash, projection, dimensions (completion marker)
+    tasks.json                per task: records, value, budget, selected
+    subset.json|.jsonl        the selected records, unchanged, in the input's format
+    tive.log                  a log of every stage run in this directory
+"""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+from typing import Any
+
+from tive.data import Dataset, load_dataset
+from tive.data.records import STATUS_OK
+from tive.errors import TiveError
+from tive.io import read_json, read_jsonl, sha256_file, write_jsonl
+
+PREPARE_FILE = "prepare.json"
+MANIFEST_FILE = "manifest.jsonl"
+TASKS_FILE = "tasks.json"
+LOG_FILE = "tive.log"
+BASE_MODEL_DIR = "base_model"
+WARMUP_DIR = "warmup"
+FEATURES_DIR = "features"
+
+MANIFEST_FIELDS = ("index", "id", "task", "status", "grad_norm", "value", "selected")
+
+log = logging.getLogger("tive")
+
+
+def open_run_dir(run_dir: Path | str, create: bool = False) -> Path:
+    """Check that `run_dir` exists (or create it) and attach the run's log file."""
+    run_dir = Path(run_dir)
+    if create:
+        run_dir.mkdir(parents=True, exist_ok=True)
+    elif not run_dir.is_dir():
+        raise TiveError(f"{run_dir}: no such run directory (create one with `tive prepare DATA --out {run_dir}`)")
+    attach_log_file(run_dir / LOG_FILE)
+    return run_dir
+
+
+def attach_log_file(path: Path) -> None:
+    """Send the `tive` logger to `path` as well (once per path)."""
+    for handler in log.handlers:
+        if isinstance(handler, logging.FileHandler) and Path(handler.baseFilename) == path.resolve():
+            return
+    handler = logging.FileHandler(path, encoding="utf-8")
+    handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(message)s"))
+    log.addHandler(handler)
+    log.setLevel(logging.INFO)
+
+
+def read_manifest(run_dir: Path) -> list[dict[str, Any]]:
+    """The manifest's rows, validated: input order, the required fields present."""
+    path = run_dir / MANIFEST_FILE
+    if not path.is_file():
+        raise TiveError(f"{path}: missing; run `tive prepare DATA --out {run_dir}` first")
+    rows = read_jsonl(path)
+    for position, row in enumerate(rows):
+        for name in ("index", "id", "task", "status"):
+            if name not in row:
+                raise TiveError(f"{path}: line {position + 1} has no field {name!r} (fields: {MANIFEST_FIELDS})")
+        if row["index"] != position:
+            raise TiveError(f"{path}: line {position + 1} has index {row['index']}; rows must be in input order 0..N-1")
+    return rows
+
+
+def write_manifest(run_dir: Path, rows: list[dict[str, Any]]) -> None:
+    """Write the manifest with its fields in the documented order."""
+    write_jsonl(run_dir / MANIFEST_FILE, ({name: row.get(name) for name in MANIFEST_FIELDS} for row in rows))
+
+
+def ok_rows(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Manifest rows whose status is `ok`, in manifest order (the rows of features.npy)."""
+    return [row for row in rows if row["status"] == STATUS_OK]
+
+
+def load_prepared(run_dir: Path) -> tuple[Dataset, dict[str, Any]]:
+    """Re-read the prepared input with the tasks and statuses prepare recorded.
+
+    The input file must be unchanged since prepare (same SHA-256): features and selections refer to records by
+    position, so a changed file would silently misalign them.
+    """
+    info_path = run_dir / PREPARE_FILE
+    if not info_path.is_file():
+        raise TiveError(f"{info_path}: missing; run `tive prepare DATA --out {run_dir}` first")
+    info = read_json(info_path)
+    data_path = Path(info["data"])
+    if not data_path.is_file():
+        raise TiveError(f"{data_path}: the input prepared in {run_dir} is gone; restore it or prepare again")
+    if sha256_file(data_path) != info["data_sha256"]:
+        raise TiveError(
+            f"{data_path}: changed since `tive prepare` (SHA-256 differs); prepare again into a new run directory"
+        )
+    dataset = load_dataset(data_path)
+    rows = read_manifest(run_dir)
+    if len(rows) != len(dataset.records):
+        raise TiveError(f"{run_dir / MANIFEST_FILE}: {len(rows)} rows but {data_path} has {len(dataset.records)} records")
+    image_root = Path(info["images"]) if info.get("images") else None
+    for record, row in zip(dataset.records, rows):
+        record.task = row["task"]
+        record.status = row["status"]
+        if record.ok and record.images:
+            record.image_paths = [(image_root / p).resolve() for p in record.images]  # type: ignore[operator]
+    return dataset, info

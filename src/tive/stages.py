@@ -1,0 +1,426 @@
+"""The pipeline's stages. Each reads earlier artefacts from the run directory and commits its own.
+
+A stage never knows how it was launched; the CLI, the demo and the tests call these functions alike.
+"""
+
+from __future__ import annotations
+
+import logging
+import shutil
+import time
+from collections import Counter
+from dataclasses import asdict
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from tive.config import FeaturesOptions, PrepareOptions, SelectOptions, WarmupOptions
+from tive.data import assign_tasks, check_images, load_dataset, write_subset
+from tive.errors import TiveError
+from tive.io import read_json, sha256_file, sha256_json, write_json
+from tive.rundir import (
+    BASE_MODEL_DIR,
+    FEATURES_DIR,
+    PREPARE_FILE,
+    TASKS_FILE,
+    WARMUP_DIR,
+    load_prepared,
+    ok_rows,
+    open_run_dir,
+    read_manifest,
+    write_manifest,
+)
+from tive.report import task_table
+
+log = logging.getLogger("tive")
+
+WARMUP_MARKER = "warmup.json"
+ADAPTER_DIR = "adapter"
+ADAPTER_WEIGHTS = "adapter_model.safetensors"
+
+# Warm-up defaults: a real checkpoint follows the authors (rank 128, alpha 256, lr 2e-5, 1 epoch); the random
+# tiny model needs a higher learning rate, more epochs and its projector/embeddings/head trained (model/tiny.py).
+CHECKPOINT_DEFAULTS = {"lora_rank": 128, "learning_rate": 2e-5, "epochs": 1, "modules_to_save": []}
+TINY_DEFAULTS = {
+    "lora_rank": 8,
+    "learning_rate": 1e-3,
+    "epochs": 4,
+    "modules_to_save": ["multi_modal_projector", "embed_tokens", "lm_head"],
+}
+
+
+def say(message: str) -> None:
+    """Tell the user (stdout) and the run's log."""
+    print(message, flush=True)
+    log.info(message)
+
+
+# ----------------------------------------------------------------------------------------------------- prepare
+def run_prepare(data: Path | str, run_dir: Path | str, options: PrepareOptions) -> dict[str, Any]:
+    """Read and validate the input, assign tasks, check images; write manifest.jsonl and prepare.json."""
+    data = Path(data).resolve()
+    run_dir = open_run_dir(run_dir, create=True)
+    dataset = load_dataset(data)
+    message = assign_tasks(dataset, task_field=options.task_field, task_rules=options.task_rules)
+    check_images(dataset, options.images, on_missing=options.on_missing_image)
+    info = {
+        "data": str(data),
+        "data_sha256": sha256_file(data),
+        "format": dataset.format,
+        "images": str(Path(options.images).resolve()) if options.images else None,
+        "options": asdict(options),
+        "records": len(dataset.records),
+        "ok": sum(record.ok for record in dataset.records),
+        "tasks": dict(sorted(Counter(record.task for record in dataset.records).items())),
+    }
+    info_path = run_dir / PREPARE_FILE
+    if info_path.is_file():
+        old = read_json(info_path)
+        if (old["data_sha256"], old["options"]) == (info["data_sha256"], info["options"]):
+            say(f"prepare: {run_dir} already prepared from this input with these options; nothing to do")
+            return old
+        raise TiveError(
+            f"{run_dir}: already prepared from another input or with other options; use a new --out directory"
+        )
+    rows = [
+        {"index": r.index, "id": r.record_id, "task": r.task, "status": r.status} for r in dataset.records
+    ]
+    write_manifest(run_dir, rows)
+    write_json(info_path, info)  # last: prepare's completion marker
+    skipped = info["records"] - info["ok"]
+    say(f"prepare: {message}")
+    say(
+        f"prepare: {info['records']} records from {data.name} ({dataset.format}), {info['ok']} ok"
+        + (f", {skipped} skipped (see status in manifest.jsonl)" if skipped else "")
+    )
+    return info
+
+
+# ------------------------------------------------------------------------------------------------------ warmup
+def _warmup_settings(options: WarmupOptions) -> dict[str, Any]:
+    """The effective warm-up settings: explicit options over the model kind's defaults."""
+    defaults = TINY_DEFAULTS if options.model == "tiny" else CHECKPOINT_DEFAULTS
+    rank = options.lora_rank or defaults["lora_rank"]
+    settings = {
+        "model": options.model,
+        "warmup_fraction": options.warmup_fraction,
+        "lora_rank": rank,
+        "lora_alpha": options.lora_alpha or 2.0 * rank,
+        "lora_targets": [t.strip() for t in options.lora_targets.split(",") if t.strip()],
+        "modules_to_save": defaults["modules_to_save"],
+        "learning_rate": options.learning_rate or defaults["learning_rate"],
+        "epochs": options.epochs or defaults["epochs"],
+        "batch_size": options.batch_size,
+        "seed": options.seed,
+    }
+    if not 0 < settings["warmup_fraction"] <= 1:
+        raise TiveError(f"--warmup-fraction {options.warmup_fraction}: must be in (0, 1]")
+    for name in ("lora_rank", "epochs", "batch_size"):
+        if settings[name] < 1:
+            raise TiveError(f"--{name.replace('_', '-')} {settings[name]}: must be at least 1")
+    return settings
+
+
+def _base_model_dir(run_dir: Path, model: str) -> Path:
+    if model == "tiny":
+        return run_dir / BASE_MODEL_DIR
+    path = Path(model).expanduser().resolve()
+    if not path.is_dir():
+        raise TiveError(f"--model {model}: no such directory; pass 'tiny' or a Hugging Face checkpoint directory")
+    return path
+
+
+def run_warmup(run_dir: Path | str, options: WarmupOptions) -> dict[str, Any]:
+    """Train the reference model: LoRA on a task-balanced warm-up sample; save the adapter and its log."""
+    from tive.model.loading import LoraSettings, add_lora, load_base, model_fingerprint, resolve_device
+    from tive.model.tiny import build_tiny_model
+    from tive.model.warmup import train_warmup, warmup_sample
+
+    run_dir = open_run_dir(run_dir)
+    settings = _warmup_settings(options)
+    dataset, _ = load_prepared(run_dir)
+    ok = [record for record in dataset.records if record.ok]
+    if not ok:
+        raise TiveError(f"{run_dir}: no record has status ok; nothing to train on")
+    warm_dir = run_dir / WARMUP_DIR
+    marker = warm_dir / WARMUP_MARKER
+    records_sha = sha256_json([(r.index, r.task) for r in ok])
+    if marker.is_file():
+        old = read_json(marker)
+        if old["settings"] == settings and old["records_sha256"] == records_sha:
+            say(f"warmup: already done with these settings ({marker}); nothing to do")
+            return old
+        if not options.force:
+            raise TiveError(f"{marker}: a warm-up with other settings exists; pass --force to redo it")
+        shutil.rmtree(warm_dir)
+
+    device = resolve_device(options.device)
+    base_dir = _base_model_dir(run_dir, options.model)
+    if options.model == "tiny":
+        texts = [turn.text() for record in ok for turn in record.turns]
+        build_tiny_model(base_dir, texts, seed=options.seed)
+    model, processor = load_base(base_dir, device)
+    lora = LoraSettings(
+        rank=settings["lora_rank"],
+        alpha=settings["lora_alpha"],
+        targets=settings["lora_targets"],
+        modules_to_save=settings["modules_to_save"],
+    )
+    model = add_lora(model, lora, seed=options.seed)
+    positions = warmup_sample([r.task for r in ok], settings["warmup_fraction"], options.seed)
+    warm_records = [ok[p] for p in positions]
+    say(
+        f"warmup: {len(warm_records)} records ({settings['warmup_fraction']:.0%} of {len(ok)}, equal per task), "
+        f"LoRA rank {lora.rank} on {','.join(lora.targets)}, lr {settings['learning_rate']}, "
+        f"{settings['epochs']} epoch(s), device {device}"
+    )
+    warm_dir.mkdir(parents=True, exist_ok=True)
+    started = time.perf_counter()
+    losses = train_warmup(
+        model,
+        processor,
+        warm_records,
+        epochs=settings["epochs"],
+        batch_size=settings["batch_size"],
+        learning_rate=settings["learning_rate"],
+        seed=options.seed,
+        device=device,
+        log_path=warm_dir / "train_log.jsonl",
+    )
+    adapter_dir = warm_dir / ADAPTER_DIR
+    tmp_dir = warm_dir / (ADAPTER_DIR + ".tmp")
+    shutil.rmtree(tmp_dir, ignore_errors=True)
+    model.save_pretrained(tmp_dir, safe_serialization=True)
+    shutil.rmtree(adapter_dir, ignore_errors=True)
+    tmp_dir.rename(adapter_dir)
+    result = {
+        "settings": settings,
+        "model_dir": str(base_dir),
+        "model_fingerprint": model_fingerprint(base_dir),
+        "records_sha256": records_sha,
+        "warmup_indices": [record.index for record in warm_records],
+        "steps": len(losses),
+        "loss_first": losses[0],
+        "loss_last": losses[-1],
+        "adapter_sha256": sha256_file(adapter_dir / ADAPTER_WEIGHTS),
+        "seconds": round(time.perf_counter() - started, 2),
+        "device": device,
+    }
+    write_json(marker, result)  # last: the stage's completion marker
+    say(f"warmup: {len(losses)} steps, loss {losses[0]:.3f} -> {losses[-1]:.3f}; adapter in {adapter_dir}")
+    return result
+
+
+# ---------------------------------------------------------------------------------------------------- features
+def run_features(run_dir: Path | str, options: FeaturesOptions) -> dict[str, Any]:
+    """Per-record LoRA gradients of the answer loss: L2 norms and Rademacher projections, in resumable chunks."""
+    import torch
+    from tqdm import tqdm
+
+    from tive.features.grads import record_gradient
+    from tive.features.projection import RademacherProjector
+    from tive.features.store import FeatureStore
+    from tive.model.encode import collate, encode_record
+    from tive.model.loading import load_with_adapter, lora_parameters, model_fingerprint, resolve_device
+
+    run_dir = open_run_dir(run_dir)
+    marker = run_dir / WARMUP_DIR / WARMUP_MARKER
+    if not marker.is_file():
+        raise TiveError(f"{marker}: missing; run `tive warmup {run_dir}` first")
+    warm = read_json(marker)
+    if options.proj_dim < 1 or options.chunk_size < 1:
+        raise TiveError("--proj-dim and --chunk-size must be at least 1")
+    dataset, _ = load_prepared(run_dir)
+    ok = [record for record in dataset.records if record.ok]
+    device = resolve_device(options.device)
+    model_dir = Path(warm["model_dir"])
+    fingerprint = model_fingerprint(model_dir)
+    if fingerprint != warm["model_fingerprint"]:
+        raise TiveError(f"{model_dir}: changed since the warm-up; rerun `tive warmup {run_dir} --force`")
+    adapter_dir = run_dir / WARMUP_DIR / ADAPTER_DIR
+    model, processor = load_with_adapter(model_dir, adapter_dir, device)
+    for param in model.parameters():
+        param.requires_grad_(False)
+    params = [p for _, p in lora_parameters(model)]
+    for param in params:
+        param.requires_grad_(True)
+    grad_dim = sum(p.numel() for p in params)
+    projector = RademacherProjector(grad_dim, options.proj_dim, options.proj_seed, device)
+    meta = {
+        "model": warm["settings"]["model"],
+        "model_fingerprint": fingerprint,
+        "adapter_sha256": sha256_file(adapter_dir / ADAPTER_WEIGHTS),
+        "projector": projector.describe(),
+        "grad_dim": grad_dim,
+        "proj_dim": projector.proj_dim,
+        "records": len(ok),
+        "records_sha256": sha256_json([r.index for r in ok]),
+        "chunk_size": options.chunk_size,
+        "grad_mode": "loop",
+        "loss": "mean cross-entropy over answer tokens",
+    }
+    store = FeatureStore(run_dir / FEATURES_DIR)
+    n_chunks = (len(ok) + options.chunk_size - 1) // options.chunk_size
+    if not store.open(meta, options.force):
+        pad_id = processor.tokenizer.pad_token_id or 0
+        done = sum(store.has_chunk(c) * len(ok[c * options.chunk_size : (c + 1) * options.chunk_size])
+                   for c in range(n_chunks))
+        say(
+            f"features: {len(ok)} records, gradient of {grad_dim:,} LoRA numbers -> {projector.proj_dim} dims, "
+            f"device {device}" + (f"; resuming ({done} done)" if done else "")
+        )
+        # Project a few records at a time so the raw gradients held in memory stay bounded (~256 MB).
+        group = max(1, min(options.chunk_size, (256 << 20) // (4 * grad_dim)))
+        with tqdm(total=len(ok), initial=done, desc="features", unit="rec", disable=None) as bar:
+            for chunk in range(n_chunks):
+                if store.has_chunk(chunk):
+                    continue
+                chunk_records = ok[chunk * options.chunk_size : (chunk + 1) * options.chunk_size]
+                projected, norms = [], []
+                for start in range(0, len(chunk_records), group):
+                    grads = []
+                    for record in chunk_records[start : start + group]:
+                        inputs = {k: v.to(device) for k, v in collate([encode_record(processor, record)], pad_id).items()}
+                        grad = record_gradient(model, params, inputs)
+                        norms.append(float(grad.double().norm()))
+                        grads.append(grad)
+                        bar.update(1)
+                    with torch.no_grad():
+                        projected.append(projector.project(torch.stack(grads)).cpu().numpy())
+                store.write_chunk(chunk, np.concatenate(projected), np.asarray(norms))
+        store.merge(n_chunks, len(ok), projector.proj_dim, meta)
+    else:
+        say(f"features: already computed with the same model, adapter and projection ({store.dir}); nothing to do")
+    norms = np.load(store.dir / "norms.npy")
+    rows = read_manifest(run_dir)
+    for row, norm in zip(ok_rows(rows), norms):
+        row["grad_norm"] = float(norm)
+    write_manifest(run_dir, rows)
+    say(f"features: {store.dir / 'features.npy'} ({len(ok)} x {projector.proj_dim}), norms.npy, meta.json")
+    return meta
+
+
+# ------------------------------------------------------------------------------------------------------- score
+def _task_info(rows: list[dict[str, Any]], task_values: dict[str, float]) -> dict[str, dict[str, Any]]:
+    records = Counter(row["task"] for row in rows)
+    ok = Counter(row["task"] for row in ok_rows(rows))
+    return {
+        task: {"records": records[task], "ok": ok[task], "value": task_values.get(task)}
+        for task in sorted(records)
+    }
+
+
+def _ok_grad_norms(run_dir: Path, rows: list[dict[str, Any]]) -> np.ndarray:
+    """Gradient norms of the ok rows from the manifest, filled from / checked against features/norms.npy."""
+    from tive.features.store import load_features
+
+    ok = ok_rows(rows)
+    _, norms = load_features(run_dir / FEATURES_DIR, len(ok))
+    for row, norm in zip(ok, norms):
+        if row.get("grad_norm") is None:
+            row["grad_norm"] = float(norm)
+        elif not np.isclose(row["grad_norm"], norm, rtol=1e-6, atol=0.0):
+            raise TiveError(
+                f"{run_dir / 'manifest.jsonl'}: record {row['index']} (id {row['id']!r}) has grad_norm "
+                f"{row['grad_norm']} but features/norms.npy says {norm}; they must agree"
+            )
+    return np.array([row["grad_norm"] for row in ok], dtype=np.float64)
+
+
+def run_score(run_dir: Path | str) -> dict[str, dict[str, Any]]:
+    """Task values (mean gradient norm) and instance values (mean in-task cosine); written to the manifest."""
+    from tive.features.store import load_features
+    from tive.scoring import instance_values, task_values
+
+    run_dir = open_run_dir(run_dir)
+    rows = read_manifest(run_dir)
+    ok = ok_rows(rows)
+    if not ok:
+        raise TiveError(f"{run_dir}: no record has status ok; nothing to score")
+    norms = _ok_grad_norms(run_dir, rows)
+    features, _ = load_features(run_dir / FEATURES_DIR, len(ok))
+    tasks = [row["task"] for row in ok]
+    values = instance_values(features, tasks)
+    for row, value in zip(ok, values):
+        row["value"] = float(value)
+    write_manifest(run_dir, rows)
+    info = _task_info(rows, task_values(tasks, norms))
+    write_json(run_dir / TASKS_FILE, info)
+    say(f"score: {len(ok)} instance values, {len(info)} task values written to manifest.jsonl and tasks.json")
+    return info
+
+
+# ------------------------------------------------------------------------------------------------------ select
+def run_select(run_dir: Path | str, options: SelectOptions) -> dict[str, dict[str, Any]]:
+    """Split the budget over tasks by value, choose records within each task, write the subset and reports."""
+    from tive.scoring import task_values
+    from tive.select import budget_count, parse_budget, select_records
+
+    run_dir = open_run_dir(run_dir)
+    rows = read_manifest(run_dir)
+    ok = ok_rows(rows)
+    if not ok or any(row.get("value") is None for row in ok):
+        raise TiveError(f"{run_dir}: instance values missing from manifest.jsonl; run `tive score {run_dir}` first")
+    tasks = [row["task"] for row in ok]
+    unknown = sorted(set(options.exclude_task) - set(tasks))
+    if unknown:
+        raise TiveError(f"--exclude-task {', '.join(unknown)}: no such task; tasks are {', '.join(sorted(set(tasks)))}")
+    norms = _ok_grad_norms(run_dir, rows)
+    values = np.array([row["value"] for row in ok], dtype=np.float64)
+    t_values = task_values(tasks, norms)
+    eligible = sum(task not in options.exclude_task for task in tasks)
+    budget = parse_budget(options.budget)
+    total = budget_count(budget, eligible)
+    counts, budgets = select_records(
+        tasks,
+        values,
+        t_values,
+        total,
+        method=options.choose,
+        temperature=options.temperature,
+        seed=options.seed,
+        oversample=options.oversample,
+        exclude_tasks=options.exclude_task,
+    )
+    for row in rows:
+        row["selected"] = 0
+    for row, count in zip(ok, counts):
+        row["selected"] = int(count)
+    info = _task_info(rows, t_values)
+    for task, entry in info.items():
+        entry["budget"] = int(budgets.get(task, 0))
+        entry["selected"] = sum(row["selected"] for row in rows if row["task"] == task)
+        entry["excluded"] = task in options.exclude_task
+    write_manifest(run_dir, rows)
+    write_json(run_dir / TASKS_FILE, info)
+    subset_path = None
+    if (run_dir / PREPARE_FILE).is_file():
+        dataset, _ = load_prepared(run_dir)
+        subset_path = write_subset(dataset, [row["selected"] for row in rows], run_dir)
+    say(task_table(info))
+    described = f"{budget:g} x {eligible} eligible records" if isinstance(budget, float) else "a count"
+    say(
+        f"select: {int(counts.sum())} records (budget {described}; choose={options.choose}"
+        + (f", temperature={options.temperature}" if options.choose == "sample" else "")
+        + f", seed={options.seed})"
+        + (f" -> {subset_path}" if subset_path else "; no prepare.json here, so no subset file was written")
+    )
+    return info
+
+
+# --------------------------------------------------------------------------------------------------------- all
+def run_all(
+    data: Path | str,
+    run_dir: Path | str,
+    prepare: PrepareOptions,
+    warmup: WarmupOptions,
+    features: FeaturesOptions,
+    select: SelectOptions,
+) -> dict[str, dict[str, Any]]:
+    """Every stage in order; finished stages with the same settings are skipped, so a rerun resumes."""
+    run_prepare(data, run_dir, prepare)
+    run_warmup(run_dir, warmup)
+    run_features(run_dir, features)
+    run_score(run_dir)
+    return run_select(run_dir, select)
