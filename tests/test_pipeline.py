@@ -53,7 +53,7 @@ def test_features_match_manifest_and_meta(small_run: Path):
     meta = json.loads((small_run / "features" / "meta.json").read_text())
     assert features.shape == (len(rows), SMALL_PROJ_DIM) and features.dtype == np.float32
     np.testing.assert_allclose(norms, [r["grad_norm"] for r in rows], rtol=1e-12)
-    assert meta["complete"] and meta["proj_dim"] == SMALL_PROJ_DIM and meta["projector"]["type"] == "rademacher"
+    assert meta["complete"] and meta["proj_dim"] == SMALL_PROJ_DIM and meta["projector"]["type"] == "sjlt"
     assert meta["grad_dim"] > SMALL_PROJ_DIM
     warm = json.loads((small_run / "warmup" / "warmup.json").read_text())
     assert meta["adapter_sha256"] == warm["adapter_sha256"]

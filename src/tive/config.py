@@ -39,7 +39,11 @@ class PrepareOptions:
 class WarmupOptions:
     """The reference model: base model + a LoRA warm-up on a small, task-balanced sample."""
 
-    model: str = opt("tiny", "base model: 'tiny' (built-in, offline) or a Hugging Face image-text-to-text checkpoint directory")
+    model: str = opt(
+        "tiny",
+        "base model: tiny or small (built-in, offline, random weights) or a Hugging Face image-text-to-text "
+        "checkpoint directory",
+    )
     warmup_fraction: float = opt(0.08, "share of the ok records used for the warm-up, split equally across tasks")
     lora_rank: int | None = opt(None, "LoRA rank (default: 128 for a checkpoint as the authors; 8 for tiny)")
     lora_alpha: float | None = opt(None, "LoRA alpha (default: 2 x rank)")
@@ -59,7 +63,16 @@ class FeaturesOptions:
     """Per-record gradients of the answer loss w.r.t. the LoRA parameters, projected."""
 
     proj_dim: int = opt(8192, "projected feature dimension (capped at the gradient size)")
-    proj_seed: int = opt(0, "seed of the Rademacher projection")
+    projector: str = opt(
+        "sjlt", "random projection: sjlt (sparse JL, fast) or dense (Rademacher, as TRAK/LESS)", choices=["sjlt", "dense"]
+    )
+    proj_seed: int = opt(0, "seed of the random projection")
+    grad_mode: str = opt(
+        "batched",
+        "per-record gradients from one backward pass per batch (batched) or one per record (loop, the reference)",
+        choices=["batched", "loop"],
+    )
+    grad_batch_size: int = opt(16, "records per forward/backward pass in batched mode")
     chunk_size: int = opt(256, "records per committed chunk of features (the resume unit)")
     device: str = opt("auto", "torch device: auto (cuda if available, else cpu), cpu, cuda, cuda:1, ...")
     force: bool = opt(False, "redo the stage even if its outputs exist with other settings", action="store_true")

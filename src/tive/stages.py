@@ -40,13 +40,13 @@ ADAPTER_DIR = "adapter"
 ADAPTER_WEIGHTS = "adapter_model.safetensors"
 
 # Warm-up defaults: a real checkpoint follows the authors (rank 128, alpha 256, lr 2e-5, 1 epoch); the random
-# tiny model needs a higher learning rate, more epochs and its projector/embeddings/head trained (model/tiny.py).
+# built-in models need a higher learning rate, more epochs and their projector/embeddings/head trained
+# (model/tiny.py). `small` uses rank 64 so that its LoRA gradient has over a million numbers.
 CHECKPOINT_DEFAULTS = {"lora_rank": 128, "learning_rate": 2e-5, "epochs": 1, "modules_to_save": []}
-TINY_DEFAULTS = {
-    "lora_rank": 8,
-    "learning_rate": 1e-3,
-    "epochs": 4,
-    "modules_to_save": ["multi_modal_projector", "embed_tokens", "lm_head"],
+_RANDOM_INIT_MODULES = ["multi_modal_projector", "embed_tokens", "lm_head"]
+BUILTIN_DEFAULTS = {
+    "tiny": {"lora_rank": 8, "learning_rate": 1e-3, "epochs": 4, "modules_to_save": _RANDOM_INIT_MODULES},
+    "small": {"lora_rank": 64, "learning_rate": 1e-3, "epochs": 4, "modules_to_save": _RANDOM_INIT_MODULES},
 }
 
 
@@ -100,7 +100,7 @@ def run_prepare(data: Path | str, run_dir: Path | str, options: PrepareOptions) 
 # ------------------------------------------------------------------------------------------------------ warmup
 def _warmup_settings(options: WarmupOptions) -> dict[str, Any]:
     """The effective warm-up settings: explicit options over the model kind's defaults."""
-    defaults = TINY_DEFAULTS if options.model == "tiny" else CHECKPOINT_DEFAULTS
+    defaults = BUILTIN_DEFAULTS.get(options.model, CHECKPOINT_DEFAULTS)
     rank = options.lora_rank or defaults["lora_rank"]
     settings = {
         "model": options.model,
@@ -123,11 +123,13 @@ def _warmup_settings(options: WarmupOptions) -> dict[str, Any]:
 
 
 def _base_model_dir(run_dir: Path, model: str) -> Path:
-    if model == "tiny":
+    if model in BUILTIN_DEFAULTS:
         return run_dir / BASE_MODEL_DIR
     path = Path(model).expanduser().resolve()
     if not path.is_dir():
-        raise TiveError(f"--model {model}: no such directory; pass 'tiny' or a Hugging Face checkpoint directory")
+        raise TiveError(
+            f"--model {model}: no such directory; pass tiny, small or a Hugging Face checkpoint directory"
+        )
     return path
 
 
@@ -157,9 +159,9 @@ def run_warmup(run_dir: Path | str, options: WarmupOptions) -> dict[str, Any]:
 
     device = resolve_device(options.device)
     base_dir = _base_model_dir(run_dir, options.model)
-    if options.model == "tiny":
+    if options.model in BUILTIN_DEFAULTS:
         texts = [turn.text() for record in ok for turn in record.turns]
-        build_tiny_model(base_dir, texts, seed=options.seed)
+        build_tiny_model(base_dir, texts, seed=options.seed, preset=options.model)
     model, processor = load_base(base_dir, device)
     lora = LoraSettings(
         rank=settings["lora_rank"],
@@ -214,12 +216,12 @@ def run_warmup(run_dir: Path | str, options: WarmupOptions) -> dict[str, Any]:
 
 # ---------------------------------------------------------------------------------------------------- features
 def run_features(run_dir: Path | str, options: FeaturesOptions) -> dict[str, Any]:
-    """Per-record LoRA gradients of the answer loss: L2 norms and Rademacher projections, in resumable chunks."""
+    """Per-record LoRA gradients of the answer loss: L2 norms and random projections, in resumable chunks."""
     import torch
     from tqdm import tqdm
 
-    from tive.features.grads import record_gradient
-    from tive.features.projection import RademacherProjector
+    from tive.features.grads import GRAD_MODES, BatchedGradients, record_gradient
+    from tive.features.projection import make_projector
     from tive.features.store import FeatureStore
     from tive.model.encode import collate, encode_record
     from tive.model.loading import load_with_adapter, lora_parameters, model_fingerprint, resolve_device
@@ -229,8 +231,10 @@ def run_features(run_dir: Path | str, options: FeaturesOptions) -> dict[str, Any
     if not marker.is_file():
         raise TiveError(f"{marker}: missing; run `tive warmup {run_dir}` first")
     warm = read_json(marker)
-    if options.proj_dim < 1 or options.chunk_size < 1:
-        raise TiveError("--proj-dim and --chunk-size must be at least 1")
+    if min(options.proj_dim, options.chunk_size, options.grad_batch_size) < 1:
+        raise TiveError("--proj-dim, --chunk-size and --grad-batch-size must be at least 1")
+    if options.grad_mode not in GRAD_MODES:
+        raise TiveError(f"--grad-mode {options.grad_mode}: choose one of {', '.join(GRAD_MODES)}")
     dataset, _ = load_prepared(run_dir)
     ok = [record for record in dataset.records if record.ok]
     device = resolve_device(options.device)
@@ -242,11 +246,12 @@ def run_features(run_dir: Path | str, options: FeaturesOptions) -> dict[str, Any
     model, processor = load_with_adapter(model_dir, adapter_dir, device)
     for param in model.parameters():
         param.requires_grad_(False)
-    params = [p for _, p in lora_parameters(model)]
+    named_params = lora_parameters(model)
+    params = [p for _, p in named_params]
     for param in params:
         param.requires_grad_(True)
     grad_dim = sum(p.numel() for p in params)
-    projector = RademacherProjector(grad_dim, options.proj_dim, options.proj_seed, device)
+    projector = make_projector(options.projector, grad_dim, options.proj_dim, options.proj_seed, device)
     meta = {
         "model": warm["settings"]["model"],
         "model_fingerprint": fingerprint,
@@ -254,44 +259,53 @@ def run_features(run_dir: Path | str, options: FeaturesOptions) -> dict[str, Any
         "projector": projector.describe(),
         "grad_dim": grad_dim,
         "proj_dim": projector.proj_dim,
+        "grad_mode": options.grad_mode,
         "records": len(ok),
         "records_sha256": sha256_json([r.index for r in ok]),
         "chunk_size": options.chunk_size,
-        "grad_mode": "loop",
         "loss": "mean cross-entropy over answer tokens",
     }
     store = FeatureStore(run_dir / FEATURES_DIR)
     n_chunks = (len(ok) + options.chunk_size - 1) // options.chunk_size
-    if not store.open(meta, options.force):
-        pad_id = processor.tokenizer.pad_token_id or 0
-        done = sum(store.has_chunk(c) * len(ok[c * options.chunk_size : (c + 1) * options.chunk_size])
-                   for c in range(n_chunks))
-        say(
-            f"features: {len(ok)} records, gradient of {grad_dim:,} LoRA numbers -> {projector.proj_dim} dims, "
-            f"device {device}" + (f"; resuming ({done} done)" if done else "")
-        )
-        # Project a few records at a time so the raw gradients held in memory stay bounded (~256 MB).
-        group = max(1, min(options.chunk_size, (256 << 20) // (4 * grad_dim)))
-        with tqdm(total=len(ok), initial=done, desc="features", unit="rec", disable=None) as bar:
-            for chunk in range(n_chunks):
-                if store.has_chunk(chunk):
-                    continue
-                chunk_records = ok[chunk * options.chunk_size : (chunk + 1) * options.chunk_size]
-                projected, norms = [], []
-                for start in range(0, len(chunk_records), group):
-                    grads = []
-                    for record in chunk_records[start : start + group]:
-                        inputs = {k: v.to(device) for k, v in collate([encode_record(processor, record)], pad_id).items()}
-                        grad = record_gradient(model, params, inputs)
-                        norms.append(float(grad.double().norm()))
-                        grads.append(grad)
-                        bar.update(1)
-                    with torch.no_grad():
-                        projected.append(projector.project(torch.stack(grads)).cpu().numpy())
-                store.write_chunk(chunk, np.concatenate(projected), np.asarray(norms))
-        store.merge(n_chunks, len(ok), projector.proj_dim, meta)
-    else:
+    if store.open(meta, options.force):
         say(f"features: already computed with the same model, adapter and projection ({store.dir}); nothing to do")
+    else:
+        pad_id = processor.tokenizer.pad_token_id or 0
+        batched = BatchedGradients(model, named_params) if options.grad_mode == "batched" else None
+        chunks = [ok[c * options.chunk_size : (c + 1) * options.chunk_size] for c in range(n_chunks)]
+        done = sum(len(chunk) for c, chunk in enumerate(chunks) if store.has_chunk(c))
+        say(
+            f"features: {len(ok)} records, gradient of {grad_dim:,} LoRA numbers -> {projector.proj_dim} dims "
+            f"({options.projector}), {options.grad_mode} gradients, device {device}"
+            + (f"; resuming ({done} done)" if done else "")
+        )
+        # Raw gradients are projected a group at a time so the memory they take stays bounded (~1 GB).
+        group = max(1, min(options.grad_batch_size, (1 << 30) // (4 * grad_dim)))
+        with tqdm(total=len(ok), initial=done, desc="features", unit="rec", disable=None) as bar:
+            for c, chunk in enumerate(chunks):
+                if store.has_chunk(c):
+                    continue
+                encoded = [encode_record(processor, record) for record in chunk]
+                # Batches of similar length waste less on padding; the order is fixed, so results are too.
+                order = sorted(range(len(chunk)), key=lambda i: (len(encoded[i]["input_ids"]), i))
+                projected = torch.empty(len(chunk), projector.proj_dim)
+                norms = torch.empty(len(chunk), dtype=torch.float64)
+                for start in range(0, len(order), group):
+                    members = order[start : start + group]
+                    if batched is not None:
+                        inputs = {k: v.to(device) for k, v in collate([encoded[i] for i in members], pad_id).items()}
+                        grads = batched(inputs)
+                    else:
+                        grads = torch.stack([
+                            record_gradient(model, params, {k: v.to(device) for k, v in collate([encoded[i]], pad_id).items()})
+                            for i in members
+                        ])
+                    with torch.no_grad():
+                        norms[members] = grads.double().norm(dim=1).cpu()
+                        projected[members] = projector.project(grads).cpu()
+                    bar.update(len(members))
+                store.write_chunk(c, projected.numpy(), norms.numpy())
+        store.merge(n_chunks, len(ok), projector.proj_dim, meta)
     norms = np.load(store.dir / "norms.npy")
     rows = read_manifest(run_dir)
     for row, norm in zip(ok_rows(rows), norms):

@@ -1,20 +1,31 @@
-"""Seeded random projections of gradients, scaled to preserve inner products in expectation.
+"""Seeded random projections of gradients that preserve inner products in expectation.
 
-`rademacher`: P is a (proj_dim x grad_dim) matrix of independent ±1 entries divided by sqrt(proj_dim), as in
-TRAK/LESS, so E[<Pa, Pb>] = <a, b>. The matrix is generated on the CPU from a `torch.Generator` seeded with the
-projection seed, in row blocks, so it is the same on any device and its memory stays bounded: when the whole
-matrix fits in `cache_bytes` it is generated once and kept, otherwise each call regenerates it block by block.
+Every projector maps a (batch, grad_dim) tensor to (batch, proj_dim) with E[<Pa, Pb>] = <a, b>, is fully
+determined by its seed (its random numbers are drawn on the CPU from a `torch.Generator`, in fixed-size blocks,
+so it is the same matrix on any device), and keeps its memory bounded: the random numbers are generated once
+and kept when they fit in `cache_bytes`, otherwise regenerated block by block on every call.
+
+- `dense`: a (proj_dim x grad_dim) matrix of independent ±1 entries divided by sqrt(proj_dim) — the Rademacher
+  projection of TRAK and LESS. Cost: proj_dim x grad_dim multiply-adds per record plus generating the matrix.
+- `sjlt`: a sparse Johnson–Lindenstrauss transform. The output rows are split into `s` equal blocks; every input
+  coordinate is added, with a random sign, to one random row of each block, and the result is divided by
+  sqrt(s). Each block is a CountSketch (unbiased for inner products), so their average is too. Cost: s additions
+  per gradient coordinate — the projection is practically free next to the backward pass.
 """
 
 from __future__ import annotations
 
 from typing import Any
 
-PROJECTORS = ("rademacher",)
+PROJECTORS = ("sjlt", "dense")
+DEFAULT_PROJECTOR = "sjlt"
+SJLT_NONZEROS = 4
 
 
-class RademacherProjector:
-    """x = P g for a batch of gradients g (rows)."""
+class DenseProjector:
+    """x = P g with P a seeded Rademacher matrix scaled by 1/sqrt(proj_dim)."""
+
+    name = "dense"
 
     def __init__(
         self,
@@ -50,10 +61,89 @@ class RademacherProjector:
         """Project a (batch, grad_dim) float32 tensor to (batch, proj_dim)."""
         import torch
 
-        if grads.shape[-1] != self.grad_dim:
-            raise ValueError(f"gradient has {grads.shape[-1]} numbers, projector expects {self.grad_dim}")
+        _check_width(grads, self.grad_dim)
         blocks = self._cached if self._cached is not None else self._blocks()
         return torch.cat([grads @ block.T for block in blocks], dim=1)
 
     def describe(self) -> dict[str, Any]:
-        return {"type": "rademacher", "seed": self.seed, "dim": self.proj_dim, "grad_dim": self.grad_dim}
+        return {"type": self.name, "seed": self.seed, "dim": self.proj_dim, "grad_dim": self.grad_dim}
+
+
+class SparseJLProjector:
+    """Sparse JL: `nonzeros` CountSketch blocks, each coordinate added with a random sign to one row per block."""
+
+    name = "sjlt"
+
+    def __init__(
+        self,
+        grad_dim: int,
+        proj_dim: int,
+        seed: int,
+        device: str = "cpu",
+        nonzeros: int = SJLT_NONZEROS,
+        block_coords: int = 1 << 22,
+        cache_bytes: int = 1 << 30,
+    ) -> None:
+        self.grad_dim = grad_dim
+        self.proj_dim = min(proj_dim, grad_dim)
+        self.nonzeros = max(1, min(nonzeros, self.proj_dim))
+        self.seed = seed
+        self.device = device
+        self.block_coords = block_coords
+        bounds = [round(j * self.proj_dim / self.nonzeros) for j in range(self.nonzeros + 1)]
+        self.row_blocks = list(zip(bounds[:-1], bounds[1:]))
+        self._cached: Any = None
+        if grad_dim * self.nonzeros * 12 <= cache_bytes:  # int64 row + float32 sign per (coordinate, block)
+            self._cached = list(self._blocks())
+
+    def _blocks(self) -> Any:
+        """Per block of input coordinates: (start, rows (nonzeros, n) int64, signs (nonzeros, n) float32)."""
+        import torch
+
+        generator = torch.Generator(device="cpu").manual_seed(self.seed)
+        for start in range(0, self.grad_dim, self.block_coords):
+            n = min(self.block_coords, self.grad_dim - start)
+            rows = torch.stack(
+                [torch.randint(lo, hi, (n,), generator=generator) for lo, hi in self.row_blocks]
+            )
+            signs = torch.randint(0, 2, (self.nonzeros, n), generator=generator, dtype=torch.int8)
+            signs = signs.to(torch.float32).mul_(2.0).sub_(1.0)
+            yield start, rows.to(self.device), signs.to(self.device)
+
+    def project(self, grads: Any) -> Any:
+        """Project a (batch, grad_dim) float32 tensor to (batch, proj_dim)."""
+        import torch
+
+        _check_width(grads, self.grad_dim)
+        out = torch.zeros(grads.shape[0], self.proj_dim, dtype=torch.float32, device=grads.device)
+        blocks = self._cached if self._cached is not None else self._blocks()
+        for start, rows, signs in blocks:
+            part = grads[:, start : start + rows.shape[1]]
+            for j in range(self.nonzeros):
+                out.index_add_(1, rows[j], part * signs[j])
+        return out.mul_(1.0 / self.nonzeros**0.5)
+
+    def describe(self) -> dict[str, Any]:
+        return {
+            "type": self.name,
+            "seed": self.seed,
+            "dim": self.proj_dim,
+            "grad_dim": self.grad_dim,
+            "nonzeros": self.nonzeros,
+        }
+
+
+def make_projector(name: str, grad_dim: int, proj_dim: int, seed: int, device: str = "cpu") -> Any:
+    """The projector registered under `name` (see PROJECTORS)."""
+    from tive.errors import TiveError
+
+    if name == "dense":
+        return DenseProjector(grad_dim, proj_dim, seed, device)
+    if name == "sjlt":
+        return SparseJLProjector(grad_dim, proj_dim, seed, device)
+    raise TiveError(f"--projector {name}: unknown; choose one of {', '.join(PROJECTORS)}")
+
+
+def _check_width(grads: Any, grad_dim: int) -> None:
+    if grads.shape[-1] != grad_dim:
+        raise ValueError(f"gradient has {grads.shape[-1]} numbers, projector expects {grad_dim}")

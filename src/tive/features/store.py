@@ -27,7 +27,9 @@ NORMS_FILE = "norms.npy"
 CHUNKS_DIR = "chunks"
 
 # Keys of meta.json that must match for stored features to be reused.
-PROVENANCE_KEYS = ("model_fingerprint", "adapter_sha256", "projector", "grad_dim", "records_sha256", "chunk_size")
+PROVENANCE_KEYS = (
+    "model_fingerprint", "adapter_sha256", "projector", "grad_dim", "grad_mode", "records_sha256", "chunk_size"
+)
 
 
 class FeatureStore:

@@ -1,7 +1,9 @@
-"""The built-in `tiny` model: a LLaVA-architecture model small enough to run the whole pipeline on a CPU.
+"""The built-in models `tiny` and `small`: LLaVA-architecture models that run the whole pipeline on a CPU.
 
-It is built from config objects (a 2-layer CLIP vision tower on 32x32 images, 16 image tokens, and a 2-layer
-Llama text model) with random weights, plus a byte-level BPE tokenizer trained on the run's own texts. It is
+They are built from config objects (a 2-layer CLIP vision tower on 32x32 images, 16 image tokens, and a Llama
+text model: 2 layers of width 128 for `tiny`, 4 layers of width 512 for `small`, whose LoRA gradient has over a
+million numbers — a realistic size to measure feature extraction on a CPU) with random weights, plus a
+byte-level BPE tokenizer trained on the run's own texts. It is
 saved with its processor like any Hugging Face checkpoint, so every later stage loads it through the same code
 path as a real model (`AutoProcessor` + `AutoModelForImageTextToText`).
 
@@ -36,15 +38,24 @@ CHAT_TEMPLATE = (
 IMAGE_SIZE = 32
 PATCH_SIZE = 8
 
+# Text-model sizes of the built-in presets (the vision tower is the same for both).
+PRESETS = {
+    "tiny": {"hidden_size": 128, "intermediate_size": 256, "num_hidden_layers": 2, "num_attention_heads": 4},
+    "small": {"hidden_size": 512, "intermediate_size": 1024, "num_hidden_layers": 4, "num_attention_heads": 8},
+}
 
-def build_tiny_model(out_dir: Path, texts: Iterable[str], seed: int, vocab_size: int = 2048) -> Path:
-    """Build the tiny model and its processor from scratch and save them to `out_dir`.
+
+def build_tiny_model(
+    out_dir: Path, texts: Iterable[str], seed: int, vocab_size: int = 2048, preset: str = "tiny"
+) -> Path:
+    """Build a built-in model and its processor from scratch and save them to `out_dir`.
 
     Args:
         out_dir: where the checkpoint is written (created).
         texts: the texts the tokenizer learns its vocabulary from (the run's instructions and answers).
         seed: seed of the random weights.
         vocab_size: upper bound of the BPE vocabulary.
+        preset: a key of PRESETS.
     """
     import torch
     from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
@@ -100,10 +111,7 @@ def build_tiny_model(out_dir: Path, texts: Iterable[str], seed: int, vocab_size:
     )
     text = LlamaConfig(
         vocab_size=len(tokenizer),
-        hidden_size=128,
-        intermediate_size=256,
-        num_hidden_layers=2,
-        num_attention_heads=4,
+        **PRESETS[preset],
         max_position_embeddings=1024,
         pad_token_id=tokenizer.pad_token_id,
         bos_token_id=tokenizer.bos_token_id,
