@@ -18,13 +18,13 @@ def processor(tiny_model_dir: Path):
     return load_base(tiny_model_dir)[1]
 
 
-def make_record(conversations, image: Path | None = None):
+def make_record(conversations, image: Path | None = None, n_images: int = 1):
     raw = {"id": "r", "conversations": conversations}
     if image is not None:
-        raw["image"] = image.name
+        raw["image"] = [image.name] * n_images
     record = parse_llava_record(raw, 0, Path("data.json"))
     if image is not None:
-        record.image_paths = [image]
+        record.image_paths = [image] * n_images
     return record
 
 
@@ -84,18 +84,24 @@ def test_text_only_record_has_no_image_tokens(processor):
     assert labelled_text(processor, encoded) == ["blue green<|end|>"]
 
 
-def test_image_after_an_answer_is_refused_with_the_record_named(processor, image):
+def test_images_in_later_turns_shift_only_the_answers_after_them(processor, image):
     record = make_record(
         [
             {"from": "human", "value": "Describe it."},
             {"from": "gpt", "value": "blue"},
             {"from": "human", "value": "<image>\nWhat color?"},
             {"from": "gpt", "value": "red"},
+            {"from": "human", "value": "And now?<image>"},
+            {"from": "gpt", "value": "green"},
         ],
         image,
+        n_images=2,
     )
-    with pytest.raises(TiveError, match=r"record 0 \(id 'r'\).*image appears after an answer"):
-        encode_record(processor, record)
+    encoded = encode_record(processor, record)
+    assert labelled_text(processor, encoded) == ["blue<|end|>", "red<|end|>", "green<|end|>"]
+    image_id = processor.tokenizer.convert_tokens_to_ids("<image>")
+    assert (encoded["input_ids"] == image_id).sum().item() == 32
+    assert encoded["pixel_values"].shape[0] == 2
 
 
 def test_collate_pads_right_and_masks_padding(processor, image):

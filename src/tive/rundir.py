@@ -24,9 +24,11 @@ from pathlib import Path
 from typing import Any
 
 from tive.data import Dataset, load_dataset
+from tive.data.formats import dataset_sha256
+from tive.data.images import resolve_image_paths
 from tive.data.records import STATUS_OK
 from tive.errors import TiveError
-from tive.io import read_json, read_jsonl, sha256_file, write_jsonl
+from tive.io import read_json, read_jsonl, write_jsonl
 
 PREPARE_FILE = "prepare.json"
 MANIFEST_FILE = "manifest.jsonl"
@@ -99,9 +101,9 @@ def load_prepared(run_dir: Path) -> tuple[Dataset, dict[str, Any]]:
         raise TiveError(f"{info_path}: missing; run `tive prepare DATA --out {run_dir}` first")
     info = read_json(info_path)
     data_path = Path(info["data"])
-    if not data_path.is_file():
+    if not data_path.exists():
         raise TiveError(f"{data_path}: the input prepared in {run_dir} is gone; restore it or prepare again")
-    if sha256_file(data_path) != info["data_sha256"]:
+    if dataset_sha256(data_path) != info["data_sha256"]:
         raise TiveError(
             f"{data_path}: changed since `tive prepare` (SHA-256 differs); prepare again into a new run directory"
         )
@@ -109,10 +111,8 @@ def load_prepared(run_dir: Path) -> tuple[Dataset, dict[str, Any]]:
     rows = read_manifest(run_dir)
     if len(rows) != len(dataset.records):
         raise TiveError(f"{run_dir / MANIFEST_FILE}: {len(rows)} rows but {data_path} has {len(dataset.records)} records")
-    image_root = Path(info["images"]) if info.get("images") else None
     for record, row in zip(dataset.records, rows):
         record.task = row["task"]
         record.status = row["status"]
-        if record.ok and record.images:
-            record.image_paths = [(image_root / p).resolve() for p in record.images]  # type: ignore[operator]
+    resolve_image_paths(dataset, info.get("images"))
     return dataset, info

@@ -17,6 +17,7 @@ import numpy as np
 
 from tive.config import FeaturesOptions, PrepareOptions, SelectOptions, WarmupOptions
 from tive.data import assign_tasks, check_images, load_dataset, write_subset
+from tive.data.formats import dataset_sha256
 from tive.errors import TiveError
 from tive.io import read_json, sha256_file, sha256_json, write_json
 from tive.rundir import (
@@ -66,7 +67,7 @@ def run_prepare(data: Path | str, run_dir: Path | str, options: PrepareOptions) 
     check_images(dataset, options.images, on_missing=options.on_missing_image)
     info = {
         "data": str(data),
-        "data_sha256": sha256_file(data),
+        "data_sha256": dataset_sha256(data),
         "format": dataset.format,
         "images": str(Path(options.images).resolve()) if options.images else None,
         "options": asdict(options),

@@ -1,93 +1,137 @@
-"""Reading LLaVA-format instruction data into `Record`s and writing a selected subset back unchanged.
+"""Reading instruction datasets into `Record`s and writing a selected subset back in the input's own format.
 
-Two containers are read, told apart by content rather than by suffix (files are often misnamed):
+Containers, told apart by content and path rather than by suffix alone (files are often misnamed):
 
 - JSON: a top-level list of record objects (the first non-space character is `[`);
-- JSONL: one record object per line; blank lines are allowed and do not count as records.
+- JSONL: one record object per line; blank lines are allowed and do not count as records;
+- Parquet: a file starting with the `PAR1` magic bytes, one record per row (`tive.data.arrow`);
+- a Hugging Face `datasets` directory written by `Dataset.save_to_disk` (it holds `state.json` /
+  `dataset_info.json`), one record per row (`tive.data.arrow`).
 
-Each record is LLaVA style::
+Each record may have any shape `tive.data.shapes` knows (LLaVA `conversations`, LLaMA-Factory/ShareGPT
+`messages` + `images`, OpenAI-style content parts, `instruction`/`output`), decided per record. The record is
+normalised into `Turn`s whose image placeholders become `{"type": "image"}` parts, so the model side never has
+to know the file format. The writer only uses what was read: JSON records are the original objects, JSONL lines
+byte-identical, Parquet rows taken from the input table (same schema), `datasets` rows selected from the input
+dataset and saved with `save_to_disk`.
 
-    {"id": ..., "image": "a.jpg" | ["a.jpg", "b.jpg"],
-     "conversations": [{"from": "human", "value": "<image>\\nWhat is this?"},
-                       {"from": "gpt", "value": "A cat."}]}
-
-`id` and `image` are optional; a `system_prompt` string (lmms-finetune) becomes a leading system turn. The
-record is normalised into `Turn`s whose `<image>` placeholders become `{"type": "image"}` parts, so the model
-side never has to know the file format. The original object is kept as `Record.raw` and is the only thing the
-writer uses: the subset is the input's own records, byte-identical lines for JSONL.
-
-The input file is only ever opened for reading.
+The input is only ever opened for reading.
 """
 
 from __future__ import annotations
 
+import hashlib
 import json
 import operator
 import os
 import uuid
+from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Sequence
 
-from tive.data.records import Record, Turn
+from tive.data import arrow
+from tive.data.records import Record
+from tive.data.shapes import (
+    IMAGE_PLACEHOLDER,
+    parse_instruction_record,
+    parse_llava_record,
+    parse_messages_record,
+    parse_record,
+)
+from tive.data.shapes import type_name as _type_name
 from tive.errors import DataError, TiveError
 
-IMAGE_PLACEHOLDER = "<image>"
+FORMAT_JSON = "json"
+FORMAT_JSONL = "jsonl"
+FORMAT_PARQUET = arrow.FORMAT_PARQUET
+FORMAT_HF_DATASET = arrow.FORMAT_HF_DATASET
+FORMATS = (FORMAT_JSON, FORMAT_JSONL, FORMAT_PARQUET, FORMAT_HF_DATASET)
 
-# Speaker names as written in LLaVA / ShareGPT / OpenAI-style files, mapped to the chat-template roles.
-_ROLES = {
-    "human": "user",
-    "user": "user",
-    "gpt": "assistant",
-    "assistant": "assistant",
-    "system": "system",
+# The subset's name per input format (a directory for `datasets`).
+SUBSET_NAMES = {
+    FORMAT_JSON: "subset.json",
+    FORMAT_JSONL: "subset.jsonl",
+    FORMAT_PARQUET: "subset.parquet",
+    FORMAT_HF_DATASET: "subset",
 }
 
-_SCALAR_TYPES = (str, int, float, bool)
-
-_RECORD_HINT = (
-    'a LLaVA record needs "conversations": a list of {"from": "human"|"gpt"|"system", "value": "..."} turns'
-)
+__all__ = [
+    "Dataset",
+    "FORMATS",
+    "IMAGE_PLACEHOLDER",
+    "SUBSET_NAMES",
+    "dataset_sha256",
+    "load_dataset",
+    "parse_instruction_record",
+    "parse_llava_record",
+    "parse_messages_record",
+    "parse_record",
+    "write_subset",
+]
 
 
 @dataclass
 class Dataset:
-    """An input file, loaded.
+    """An input, loaded.
 
     Attributes:
-        path: the file it was read from.
-        format: "json" (a top-level list) or "jsonl" (one object per line).
-        records: one `Record` per input record, in file order (`records[i].index == i`).
+        path: the file (or, for `datasets`, the directory) it was read from.
+        format: "json" (a top-level list), "jsonl" (one object per line), "parquet", or "hf_dataset" (a
+            `save_to_disk` directory).
+        records: one `Record` per input record, in input order (`records[i].index == i`).
         raw_lines: for JSONL, each record's original line text (without its line ending), so that a subset can
-            be written back byte-identical; None for JSON.
+            be written back byte-identical; None otherwise.
+        source: what the records were read from, kept to write the subset in kind and to read embedded images:
+            the pyarrow Table (Parquet) or the `datasets.Dataset` (hf_dataset); None for JSON and JSONL.
     """
 
     path: Path
     format: str
     records: list[Record]
     raw_lines: list[str] | None
+    source: Any = None
+
+    def record_shapes(self) -> dict[str, int]:
+        """How many records were read as each shape ("llava", "sharegpt", "openai", "instruction")."""
+        return dict(sorted(Counter(str(record.shape) for record in self.records).items()))
 
 
 def load_dataset(path: Path | str) -> Dataset:
-    """Read and validate a LLaVA-format JSON or JSONL file.
+    """Read and validate an instruction dataset: JSON, JSONL, Parquet or a `datasets` save_to_disk directory.
 
-    The container is detected from the content (first non-space character `[` means a JSON list, `{` means
-    JSON lines), because instruction files are often named `.json` while holding JSON lines or the
-    other way round. Every record is parsed and validated up front so that a bad record is reported before any
-    expensive stage starts.
+    The container is detected from the path and content: a directory holding `state.json` or
+    `dataset_info.json` is a `save_to_disk` directory; a file starting with Parquet's magic bytes is Parquet;
+    otherwise the text's first non-space character tells a JSON list (`[`) from JSON lines (`{`), because
+    instruction files are often named `.json` while holding JSON lines or the other way round. Each record is
+    parsed by its own shape (`tive.data.shapes`) and validated up front, so that a bad record is reported before
+    any expensive stage starts.
 
     Args:
-        path: the dataset file.
+        path: the dataset file or directory.
 
     Returns:
         The loaded dataset.
 
     Raises:
-        TiveError: the file is missing, unreadable, not UTF-8, not valid JSON (with line and column), empty, or
-            its top level is not a list.
-        DataError: a JSONL line is not valid JSON, or a record is not a valid LLaVA record.
+        TiveError: the input is missing, unreadable, not UTF-8, not valid JSON (with line and column), not
+            readable Parquet, empty, or its top level is not a list; a directory that is not a save_to_disk
+            directory; pyarrow or datasets missing for those formats.
+        DataError: a JSONL line is not valid JSON, or a record is not a valid record of a supported shape.
     """
     path = Path(path)
+    if path.is_dir():
+        if arrow.is_hf_dataset_dir(path) or (path / arrow.HF_DATASET_DICT_MARKER).is_file():
+            records, source = arrow.read_hf_dataset(path)
+            return _loaded(path, FORMAT_HF_DATASET, records, None, source)
+        raise TiveError(
+            f"{path}: is a directory, not a dataset file (give the .json, .jsonl or .parquet file, or a directory "
+            "written by datasets' save_to_disk)"
+        )
+    if arrow.is_parquet_file(path):
+        records, source = arrow.read_parquet(path)
+        return _loaded(path, FORMAT_PARQUET, records, None, source)
+
     text = _read_text(path)
     stripped = text.lstrip()
     if not stripped:
@@ -96,18 +140,45 @@ def load_dataset(path: Path | str) -> Dataset:
     if stripped[0] != "{":
         # "[" is a JSON list; anything else that is not an object cannot be JSON lines of records either, so
         # parse it as one document to report "not valid JSON at line/column" or "top level is not a list".
-        fmt = "json"
+        fmt = FORMAT_JSON
         raw_records = _parse_json_list(path, text)
         raw_lines = None
     else:
-        fmt = "jsonl"
+        fmt = FORMAT_JSONL
         raw_records, raw_lines = _parse_jsonl(path, text)
 
-    if not raw_records:
-        raise TiveError(f"{path}: the file holds no records")
+    records = [parse_record(raw, index, path) for index, raw in enumerate(raw_records)]
+    return _loaded(path, fmt, records, raw_lines, None)
 
-    records = [parse_llava_record(raw, index, path) for index, raw in enumerate(raw_records)]
-    return Dataset(path=path, format=fmt, records=records, raw_lines=raw_lines)
+
+def _loaded(path: Path, fmt: str, records: list[Record], raw_lines: list[str] | None, source: Any) -> Dataset:
+    if not records:
+        raise TiveError(f"{path}: the {'directory' if fmt == FORMAT_HF_DATASET else 'file'} holds no records")
+    return Dataset(path=path, format=fmt, records=records, raw_lines=raw_lines, source=source)
+
+
+def dataset_sha256(path: Path | str, chunk_bytes: int = 1 << 20) -> str:
+    """Hex SHA-256 of an input: a file's bytes, or for a directory every file's relative path and bytes.
+
+    Used to notice that the input changed between stages; a `datasets` directory is a directory, so hashing
+    only files would not do.
+    """
+    path = Path(path)
+
+    def file_digest(file: Path) -> bytes:
+        digest = hashlib.sha256()
+        with open(file, "rb") as handle:
+            while block := handle.read(chunk_bytes):
+                digest.update(block)
+        return digest.digest()
+
+    if not path.is_dir():
+        return file_digest(path).hex()
+    digest = hashlib.sha256()
+    for file in sorted(p for p in path.rglob("*") if p.is_file()):
+        digest.update(file.relative_to(path).as_posix().encode("utf-8") + b"\0")
+        digest.update(file_digest(file))
+    return digest.hexdigest()
 
 
 def _read_text(path: Path) -> str:
@@ -185,211 +256,15 @@ def _refuse_single_json_object(path: Path, text: str) -> None:
     )
 
 
-def _type_name(value: Any) -> str:
-    """A user-facing name for a JSON value's type."""
-    if value is None:
-        return "null"
-    if isinstance(value, bool):
-        return "a boolean"
-    if isinstance(value, dict):
-        return "an object"
-    if isinstance(value, list):
-        return "a list"
-    if isinstance(value, str):
-        return "a string"
-    if isinstance(value, (int, float)):
-        return "a number"
-    return type(value).__name__
-
-
-def parse_llava_record(raw: dict, index: int, path: Path) -> Record:
-    """Validate one LLaVA record and normalise it into a `Record`.
-
-    Normalisation: speakers become system/user/assistant; each `<image>` placeholder becomes an image part at
-    its position, dropping the newline that conventionally separates it from the text; a record with images but
-    no placeholder gets one image part per image at the start of its first user turn (LLaVA's convention); a
-    `system_prompt` string becomes a leading system turn. `raw` itself is never modified.
-
-    Args:
-        raw: the parsed record object.
-        index: the record's position in the file (for messages and `Record.index`).
-        path: the file it came from (for messages).
-
-    Returns:
-        The normalised record.
-
-    Raises:
-        DataError: naming the file, the record (index and id), the field and what to do, when the record is not
-            an object, lacks a usable `conversations` list, has a bad turn, an unknown speaker, no assistant
-            answer, a bad `image` value, or placeholders that do not match its images.
-    """
-    if not isinstance(raw, dict):
-        raise DataError(
-            path, index, None, None, f"the record is {_type_name(raw)}, not an object", _RECORD_HINT
-        )
-
-    record_id = raw.get("id")
-
-    def fail(field: str | None, problem: str, hint: str) -> DataError:
-        return DataError(path, index, record_id, field, problem, hint)
-
-    if record_id is not None and not isinstance(record_id, _SCALAR_TYPES):
-        raise fail("id", f"the id is {_type_name(record_id)}", "an id must be a string or a number")
-
-    images = _parse_images(raw, fail)
-    turns_raw = _conversation_list(raw, fail)
-
-    turns: list[Turn] = []
-    system_prompt = raw.get("system_prompt")
-    if system_prompt is not None:
-        if not isinstance(system_prompt, str):
-            raise fail(
-                "system_prompt",
-                f"system_prompt is {_type_name(system_prompt)}",
-                "system_prompt must be a string (or leave it out)",
-            )
-        if system_prompt.strip():
-            turns.append(Turn(role="system", content=[{"type": "text", "text": system_prompt}]))
-
-    n_placeholders = 0
-    for turn_index, turn in enumerate(turns_raw):
-        field = f"conversations[{turn_index}]"
-        if not isinstance(turn, dict):
-            raise fail(field, f"the turn is {_type_name(turn)}, not an object", _RECORD_HINT)
-        if "from" not in turn:
-            raise fail(f"{field}.from", "the turn has no 'from'", 'give each turn "from": "human" or "gpt"')
-        speaker = turn["from"]
-        if not isinstance(speaker, str):
-            raise fail(
-                f"{field}.from", f"'from' is {_type_name(speaker)}", '"from" must be "human", "gpt" or "system"'
-            )
-        role = _ROLES.get(speaker.strip().lower())
-        if role is None:
-            raise fail(
-                f"{field}.from",
-                f"unknown speaker {speaker!r}",
-                'use "human" (or "user"), "gpt" (or "assistant") or "system"',
-            )
-        if "value" not in turn:
-            raise fail(f"{field}.value", "the turn has no 'value'", 'give each turn its text in "value"')
-        value = turn["value"]
-        if not isinstance(value, str):
-            raise fail(f"{field}.value", f"'value' is {_type_name(value)}", '"value" must be a string')
-        content = _split_placeholders(value)
-        n_placeholders += sum(1 for part in content if part["type"] == "image")
-        turns.append(Turn(role=role, content=content))
-
-    if not any(turn.role == "assistant" and turn.text().strip() for turn in turns):
-        raise fail(
-            "conversations",
-            "the record has no assistant answer, so there is nothing to learn from",
-            'add a "gpt" turn with the answer, or remove the record',
-        )
-
-    if n_placeholders == 0 and images:
-        first_user = next((turn for turn in turns if turn.role == "user"), None)
-        if first_user is None:
-            raise fail(
-                "conversations",
-                f"the record has {len(images)} image(s) but no user turn to attach them to",
-                'add a "human" turn, or put <image> placeholders where the images belong',
-            )
-        first_user.content[:0] = [{"type": "image"} for _ in images]
-    elif n_placeholders != len(images):
-        if not images:
-            raise fail(
-                "conversations",
-                f"the conversation has {n_placeholders} <image> placeholder(s) but the record has no image",
-                'add the image path(s) in "image", or remove the <image> placeholder(s)',
-            )
-        raise fail(
-            "conversations",
-            f"the conversation has {n_placeholders} <image> placeholder(s) but 'image' lists {len(images)}",
-            "give one <image> placeholder per image, in the order of the 'image' list",
-        )
-
-    return Record(index=index, record_id=record_id, turns=turns, images=images, raw=raw)
-
-
-def _conversation_list(raw: dict, fail: Any) -> list[Any]:
-    """The record's `conversations`, checked to be a non-empty list."""
-    if "conversations" not in raw:
-        fields = ", ".join(repr(key) for key in raw) or "none"
-        raise fail(
-            "conversations",
-            f"the record has no 'conversations' (its fields: {fields})",
-            _RECORD_HINT,
-        )
-    conversations = raw["conversations"]
-    if not isinstance(conversations, list):
-        raise fail("conversations", f"'conversations' is {_type_name(conversations)}, not a list", _RECORD_HINT)
-    if not conversations:
-        raise fail("conversations", "'conversations' is empty", _RECORD_HINT)
-    return conversations
-
-
-def _parse_images(raw: dict, fail: Any) -> list[str]:
-    """The record's image paths as written: `image` may be absent/null, a string or a list of strings."""
-    value = raw.get("image")
-    hint = '"image" must be a non-empty path string or a list of them (or leave it out for a text-only record)'
-    if value is None:
-        return []
-    if isinstance(value, str):
-        if not value.strip():
-            raise fail("image", "'image' is an empty string", hint)
-        return [value]
-    if isinstance(value, list):
-        for position, item in enumerate(value):
-            if not isinstance(item, str):
-                raise fail("image", f"'image' item {position} is {_type_name(item)}, not a string", hint)
-            if not item.strip():
-                raise fail("image", f"'image' item {position} is an empty string", hint)
-        return list(value)
-    raise fail("image", f"'image' is {_type_name(value)}", hint)
-
-
-def _split_placeholders(value: str) -> list[dict[str, Any]]:
-    """Turn a LLaVA turn value into chat-template content parts.
-
-    "<image>\\nWhat?" -> [image, text "What?"]; "What?\\n<image>" -> [text "What?", image]. Only the one line
-    break touching a placeholder is dropped; all other text is kept as written.
-    """
-    if IMAGE_PLACEHOLDER not in value:
-        return [{"type": "text", "text": value}]
-    pieces = value.split(IMAGE_PLACEHOLDER)
-    content: list[dict[str, Any]] = []
-    last = len(pieces) - 1
-    for position, piece in enumerate(pieces):
-        if position > 0:
-            content.append({"type": "image"})
-            piece = _strip_one_newline(piece, leading=True)
-        if position < last:
-            piece = _strip_one_newline(piece, leading=False)
-        if piece:
-            content.append({"type": "text", "text": piece})
-    return content
-
-
-def _strip_one_newline(text: str, leading: bool) -> str:
-    """Drop one line break (LF or CRLF) at the start (leading) or end of `text`."""
-    if leading:
-        for newline in ("\r\n", "\n"):
-            if text.startswith(newline):
-                return text[len(newline) :]
-        return text
-    for newline in ("\r\n", "\n"):
-        if text.endswith(newline):
-            return text[: -len(newline)]
-    return text
-
-
 def write_subset(dataset: Dataset, counts: Sequence[int], out_dir: Path) -> Path:
     """Write the selected records, unchanged, in the input's own format.
 
     Records keep input order; a record selected more than once (oversampling) is repeated consecutively.
     JSON input gives `out_dir/subset.json` (indent 2, non-ASCII kept); JSONL input gives `out_dir/subset.jsonl`
-    made of the original line texts, so selected lines are byte-identical to the input's. The file is written
-    under a temporary name and moved into place, so a crash never leaves a partial subset that looks finished.
+    made of the original line texts, so selected lines are byte-identical to the input's; Parquet input gives
+    `out_dir/subset.parquet` with the input's schema and the selected rows; a `datasets` directory gives
+    `out_dir/subset/`, saved with `save_to_disk`. Everything is written under a temporary name and moved into
+    place, so a crash never leaves a partial subset that looks finished.
 
     Args:
         dataset: the loaded input.
@@ -397,11 +272,11 @@ def write_subset(dataset: Dataset, counts: Sequence[int], out_dir: Path) -> Path
         out_dir: the directory to write into (created if needed).
 
     Returns:
-        The path of the written subset file.
+        The path of the written subset file (or directory).
 
     Raises:
         ValueError: `counts` does not have one non-negative integer per record.
-        TiveError: the subset would overwrite the input file.
+        TiveError: the subset would overwrite the input.
     """
     n_records = len(dataset.records)
     if len(counts) != n_records:
@@ -418,13 +293,26 @@ def write_subset(dataset: Dataset, counts: Sequence[int], out_dir: Path) -> Path
             raise ValueError(f"counts[{index}] is {value}, must be >= 0")
         repeats.append(value)
 
+    if dataset.format not in SUBSET_NAMES:
+        raise ValueError(f"unknown dataset format {dataset.format!r}; expected one of {', '.join(FORMATS)}")
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
-    out_path = out_dir / ("subset.jsonl" if dataset.format == "jsonl" else "subset.json")
-    if out_path.resolve() == Path(dataset.path).resolve():
-        raise TiveError(f"{out_path}: the subset would overwrite the input file; choose another output directory")
+    out_path = out_dir / SUBSET_NAMES[dataset.format]
+    input_path = Path(dataset.path).resolve()
+    if out_path.resolve() == input_path or input_path.is_relative_to(out_path.resolve()):
+        raise TiveError(f"{out_path}: the subset would overwrite the input; choose another output directory")
 
-    if dataset.format == "jsonl":
+    if dataset.format in (FORMAT_PARQUET, FORMAT_HF_DATASET):
+        if dataset.source is None:
+            raise ValueError(f"a {dataset.format} dataset needs its source table to write a subset")
+        indices = [index for index, count in enumerate(repeats) for _ in range(count)]
+        if dataset.format == FORMAT_PARQUET:
+            arrow.write_parquet_subset(dataset.source, indices, out_path)
+        else:
+            arrow.write_hf_subset(dataset.source, indices, out_path)
+        return out_path
+
+    if dataset.format == FORMAT_JSONL:
         lines = dataset.raw_lines
         if lines is None:
             lines = [json.dumps(record.raw, ensure_ascii=False) for record in dataset.records]

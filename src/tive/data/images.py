@@ -1,51 +1,77 @@
-"""Checking that every image a record uses exists, is readable and lies inside the image root.
+"""Checking that every image a record uses exists, is readable and lies inside the image root; opening images.
 
 The check runs once, before any model work, so a wrong `--images` directory or a broken file is reported in
 seconds instead of hours into feature extraction. Paths are confined to the image root: a dataset is untrusted
 input, and a path such as `../../home/me/.ssh/id_rsa` or a symlink out of the root must never be opened.
+
+An image is a file (resolved under the root), embedded bytes (Parquet / `datasets` Image values, `data:` URLs:
+no root needed), or a remote `http(s)://` URL, which is never fetched: tive works offline, so such a record is an
+error, or skipped with `on_missing="skip"`. `open_images(record)` is what the model side calls to get a record's
+images as PIL images, whatever they are stored as.
 """
 
 from __future__ import annotations
 
+import io
 import os
 import sys
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import closing
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Generator
+from typing import TYPE_CHECKING, Any, Generator, Hashable
 
 from tive.data.formats import Dataset
-from tive.data.records import Record
+from tive.data.records import EmbeddedImage, Record
+from tive.data.shapes import is_remote_url
 from tive.errors import DataError, TiveError
+
+if TYPE_CHECKING:
+    from PIL.Image import Image as PILImage
 
 ON_MISSING_CHOICES = ("error", "skip")
 
-# Above this many distinct files the check takes long enough to deserve a progress bar.
+# Above this many distinct images the check takes long enough to deserve a progress bar.
 _PROGRESS_THRESHOLD = 2000
 
 _MISSING_HINT = "fix the path or pass --on-missing-image skip"
+_EMBEDDED_HINT = "fix or remove the image bytes in the dataset, or pass --on-missing-image skip"
+_REMOTE_HINT = (
+    "download the images and refer to them by paths under --images (or embed them as data: URLs), "
+    "or pass --on-missing-image skip"
+)
 _ESCAPE_HINT = "put the images under --images and refer to them by paths relative to it"
+
+
+@dataclass(frozen=True)
+class _Remote:
+    """A remote image URL (never fetched)."""
+
+    url: str
 
 
 def check_images(dataset: Dataset, image_root: Path | str | None, on_missing: str = "error") -> None:
     """Resolve, confine and verify every image of every ok record.
 
     Each distinct file is opened once with Pillow and `Image.verify()`ed (any format Pillow reads, whatever the
-    file's extension), because real datasets reuse the same image across many records. On success each ok
-    record's `image_paths` holds its resolved paths.
+    file's extension), because real datasets reuse the same image across many records; each embedded image is
+    decoded from its bytes the same way. A remote URL is not fetched and counts as missing. On success each ok
+    record's `image_paths` holds, per image, its resolved path (None for an embedded image).
 
     Args:
         dataset: the loaded input; its records' `status` and `image_paths` are updated in place.
         image_root: the directory the record paths are relative to (`--images`). Relative paths are joined to
-            it; absolute paths are accepted only when they lie inside it.
-        on_missing: "error" to stop at the first missing or unreadable image, "skip" to mark such records
-            `skipped: ...` and carry on.
+            it; absolute paths are accepted only when they lie inside it. Not needed when every image is
+            embedded.
+        on_missing: "error" to stop at the first missing, remote or unreadable image, "skip" to mark such
+            records `skipped: ...` and carry on.
 
     Raises:
         ValueError: `on_missing` is not "error" or "skip".
-        TiveError: records have images but no image root was given, or the root is not a directory.
-        DataError: a path leaves the image root (always), or with on_missing="error" an image is missing or
-            unreadable.
+        TiveError: records have file images but no image root was given, or the root is not a directory.
+        DataError: a path leaves the image root (always), or with on_missing="error" an image is missing,
+            remote or unreadable; the field is the one the image came from (`image`, `images`,
+            `messages[0].content[1].image_url`, ...).
     """
     if on_missing not in ON_MISSING_CHOICES:
         raise ValueError(f"on_missing must be one of {ON_MISSING_CHOICES}, got {on_missing!r}")
@@ -53,59 +79,159 @@ def check_images(dataset: Dataset, image_root: Path | str | None, on_missing: st
     with_images = [record for record in dataset.records if record.ok and record.images]
     if not with_images:
         return
-    if image_root is None:
-        raise TiveError(
-            f"{dataset.path}: {len(with_images)} record(s) use images but no image directory was given; "
-            "pass --images DIR (the directory the records' image paths are relative to)"
-        )
-    root = Path(image_root).expanduser()
-    if not root.is_dir():
-        raise TiveError(f"{root}: the image directory does not exist or is not a directory (check --images)")
-    root = root.resolve()
+    root = _image_root(dataset, with_images, image_root)
 
     # Pass 1: resolve and confine every path before opening any file, so an escaping path is refused
-    # regardless of --on-missing-image. Remember the first record that uses each distinct file.
-    resolved_by_record: list[tuple[Record, list[Path]]] = []
-    first_user: dict[Path, tuple[Record, str]] = {}
+    # regardless of --on-missing-image. Remember the first record that uses each distinct image.
+    keys_by_record: list[tuple[Record, list[Hashable]]] = []
+    first_user: dict[Hashable, tuple[Record, int]] = {}
     for record in with_images:
-        paths = []
-        for written in record.images:
-            resolved = _resolve_inside(dataset, record, root, written)
-            paths.append(resolved)
-            first_user.setdefault(resolved, (record, written))
-        resolved_by_record.append((record, paths))
+        keys = _image_keys(dataset, record, root)
+        for position, key in enumerate(keys):
+            first_user.setdefault(key, (record, position))
+        keys_by_record.append((record, keys))
 
-    # Pass 2: check each distinct file once, in order of first use, so that in "error" mode the reported record
+    # Pass 2: check each distinct image once, in order of first use, so that in "error" mode the reported record
     # is the earliest one with a bad image.
-    problems: dict[Path, str] = {}
+    problems: dict[Hashable, str] = {}
     # closing(): stop the worker threads and the progress bar at once when an error leaves the loop.
     with closing(_check_files(list(first_user))) as results:
-        for resolved, problem in results:
+        for key, problem in results:
             if problem is None:
                 continue
-            kind, reason = problem
             if on_missing == "error":
-                record, written = first_user[resolved]
-                if kind == "missing":
-                    message = f"image {written!r} not found (resolved to {resolved})"
-                else:
-                    message = f"image {written!r} (resolved to {resolved}) is not a readable image: {reason}"
-                raise DataError(dataset.path, record.index, record.record_id, "image", message, _MISSING_HINT)
-            if kind == "missing":
-                problems[resolved] = f"missing image {resolved}"
-            else:
-                problems[resolved] = f"unreadable image {resolved}: {reason}"
+                record, position = first_user[key]
+                message, hint = _error_message(key, record.images[position], problem)
+                raise DataError(
+                    dataset.path, record.index, record.record_id, record.image_field(position), message, hint
+                )
+            problems[key] = _skip_reason(key, problem)
 
     # Pass 3: per-record outcome.
-    for record, paths in resolved_by_record:
-        bad = next((path for path in paths if path in problems), None)
+    for record, keys in keys_by_record:
+        bad = next((key for key in keys if key in problems), None)
         if bad is None:
-            record.image_paths = paths
+            record.image_paths = [key if isinstance(key, Path) else None for key in keys]
         else:
             record.status = f"skipped: {problems[bad]}"
 
 
-def _resolve_inside(dataset: Dataset, record: Record, root: Path, written: str) -> Path:
+def resolve_image_paths(dataset: Dataset, image_root: Path | str | None) -> None:
+    """Set `image_paths` of every ok record with images, as `check_images` does, without opening any image.
+
+    For re-reading an input whose images were already checked (a later stage): the same confinement rules
+    apply. Remote URLs cannot occur in ok records after the check; they are refused here too.
+
+    Raises:
+        TiveError: records have file images but no image root was given, or the root is not a directory.
+        DataError: a path leaves the image root, or an ok record has a remote URL.
+    """
+    with_images = [record for record in dataset.records if record.ok and record.images]
+    if not with_images:
+        return
+    root = _image_root(dataset, with_images, image_root)
+    for record in with_images:
+        keys = _image_keys(dataset, record, root)
+        for position, key in enumerate(keys):
+            if isinstance(key, _Remote):
+                message, hint = _error_message(key, key.url, ("remote", ""))
+                raise DataError(
+                    dataset.path, record.index, record.record_id, record.image_field(position), message, hint
+                )
+        record.image_paths = [key if isinstance(key, Path) else None for key in keys]
+
+
+def open_images(record: Record) -> list[PILImage]:
+    """The record's images, in order, as RGB PIL images: embedded bytes decoded, files opened.
+
+    File images are opened from `record.image_paths`, so run `check_images` (or `resolve_image_paths`) first.
+
+    Raises:
+        TiveError: a file image has no resolved path (the check was not run, or the record was skipped).
+    """
+    from PIL import Image
+
+    images = []
+    for position, written in enumerate(record.images):
+        embedded = record.embedded_image(position)
+        if embedded is not None:
+            with Image.open(io.BytesIO(embedded.read())) as image:
+                images.append(image.convert("RGB"))
+            continue
+        path = record.image_paths[position] if position < len(record.image_paths) else None
+        if path is None:
+            raise TiveError(
+                f"record {record.index}: image {written!r} has no resolved path; "
+                "run check_images (or resolve_image_paths) on the dataset first"
+            )
+        with Image.open(path) as image:
+            images.append(image.convert("RGB"))
+    return images
+
+
+def _image_root(dataset: Dataset, with_images: list[Record], image_root: Path | str | None) -> Path | None:
+    """The resolved image root; required only when some record has a file image."""
+    with_files = sum(1 for record in with_images if any(_is_file_image(record, i) for i in range(len(record.images))))
+    if image_root is None:
+        if with_files:
+            raise TiveError(
+                f"{dataset.path}: {with_files} record(s) use image files but no image directory was given; "
+                "pass --images DIR (the directory the records' image paths are relative to)"
+            )
+        return None
+    root = Path(image_root).expanduser()
+    if not root.is_dir():
+        raise TiveError(f"{root}: the image directory does not exist or is not a directory (check --images)")
+    return root.resolve()
+
+
+def _is_file_image(record: Record, position: int) -> bool:
+    return record.embedded_image(position) is None and not is_remote_url(record.images[position])
+
+
+def _image_keys(dataset: Dataset, record: Record, root: Path | None) -> list[Hashable]:
+    """Per image: its resolved Path, its EmbeddedImage, or a _Remote URL."""
+    keys: list[Hashable] = []
+    for position, written in enumerate(record.images):
+        embedded = record.embedded_image(position)
+        if embedded is not None:
+            keys.append(embedded)
+        elif is_remote_url(written):
+            keys.append(_Remote(written))
+        else:
+            assert root is not None  # _image_root requires a root when there are file images
+            keys.append(_resolve_inside(dataset, record, position, root, written))
+    return keys
+
+
+def _error_message(key: Hashable, written: str, problem: tuple[str, str]) -> tuple[str, str]:
+    """(message, hint) for the DataError of a bad image."""
+    kind, reason = problem
+    if isinstance(key, _Remote):
+        return (
+            f"image {written!r} is a remote URL; tive works offline and never downloads images",
+            _REMOTE_HINT,
+        )
+    if isinstance(key, EmbeddedImage):
+        return f"embedded image {written!r} is not a readable image: {reason}", _EMBEDDED_HINT
+    if kind == "missing":
+        return f"image {written!r} not found (resolved to {key})", _MISSING_HINT
+    return f"image {written!r} (resolved to {key}) is not a readable image: {reason}", _MISSING_HINT
+
+
+def _skip_reason(key: Hashable, problem: tuple[str, str]) -> str:
+    """The status reason of a record skipped for this image."""
+    kind, reason = problem
+    if isinstance(key, _Remote):
+        return f"remote image {key.url} (not fetched offline)"
+    if isinstance(key, EmbeddedImage):
+        return f"unreadable embedded image {key.name or '<embedded image>'}: {reason}"
+    if kind == "missing":
+        return f"missing image {key}"
+    return f"unreadable image {key}: {reason}"
+
+
+def _resolve_inside(dataset: Dataset, record: Record, position: int, root: Path, written: str) -> Path:
     """Resolve a record's image path under `root` and refuse it if it ends up outside."""
     candidate = Path(written)
     if not candidate.is_absolute():
@@ -117,15 +243,15 @@ def _resolve_inside(dataset: Dataset, record: Record, root: Path, written: str) 
             dataset.path,
             record.index,
             record.record_id,
-            "image",
+            record.image_field(position),
             f"image {written!r} resolves to {resolved}, outside the image directory {root}; refused",
             _ESCAPE_HINT,
         )
     return resolved
 
 
-def _check_files(paths: list[Path]) -> Generator[tuple[Path, tuple[str, str] | None], None, None]:
-    """Yield (path, problem) for each path, in order; problem is None for a readable image.
+def _check_files(paths: list[Any]) -> Generator[tuple[Any, tuple[str, str] | None], None, None]:
+    """Yield (image, problem) for each image key, in order; problem is None for a readable image.
 
     Files are checked by a small thread pool because the work is mostly waiting on the file system (network
     storage in particular). Work is submitted in windows so that millions of paths do not become millions of
@@ -158,14 +284,24 @@ def _check_files(paths: list[Path]) -> Generator[tuple[Path, tuple[str, str] | N
             progress.close()
 
 
-def _problem(path: Path) -> tuple[str, str] | None:
-    """("missing" | "unreadable", reason) when `path` is not a usable image, None when Pillow can read it."""
-    if not path.is_file():
-        return ("missing", "no such file")
+def _problem(key: Any) -> tuple[str, str] | None:
+    """("missing" | "unreadable" | "remote", reason) when the image is not usable, None when Pillow can read it."""
+    if isinstance(key, _Remote):
+        return ("remote", "not fetched offline")
     from PIL import Image
 
+    if isinstance(key, EmbeddedImage):
+        try:
+            data = key.read()
+        except Exception as err:  # the table could not be read: report it as this image's problem
+            return ("unreadable", f"cannot read its bytes: {err}")
+        source: Any = io.BytesIO(data)
+    else:
+        if not key.is_file():
+            return ("missing", "no such file")
+        source = key
     try:
-        with Image.open(path) as image:
+        with Image.open(source) as image:
             image.verify()
     except Exception as err:  # Pillow raises many kinds: OSError, SyntaxError, ValueError, DecompressionBombError
         return ("unreadable", str(err) or type(err).__name__)

@@ -3,9 +3,10 @@
 The conversation is rendered with the processor's own chat template. Answer spans are found by rendering
 prefixes: the text up to assistant turn i with the generation prompt (P_i) and the text including turn i
 (F_i); the tokens between them are that answer (with the turn's end token, so the model learns to stop). The
-processor then expands image placeholders into image tokens; since images of such records sit in user turns
-before the answers, the answer spans shift by exactly the number of added tokens. Every step is checked, and a
-template or processor that breaks an assumption gives an error naming the record rather than a wrong mask.
+processor then expands image placeholders into image tokens, which shifts an answer by the number of tokens its
+preceding images added: the whole expansion when every image comes before it, none when none does, and
+otherwise the expansion measured on the prefix with its own images. Every step is checked, and a template or
+processor that breaks an assumption gives an error naming the record rather than a wrong mask.
 """
 
 from __future__ import annotations
@@ -27,14 +28,10 @@ def record_messages(record: Record) -> list[dict[str, Any]]:
 
 
 def load_images(record: Record) -> list[Any]:
-    """Open the record's images as RGB PIL images."""
-    from PIL import Image
+    """The record's images as RGB PIL images (files or embedded bytes)."""
+    from tive.data.images import open_images
 
-    images = []
-    for path in record.image_paths:
-        with Image.open(path) as image:
-            images.append(image.convert("RGB"))
-    return images
+    return open_images(record)
 
 
 def encode_record(processor: Any, record: Record) -> dict[str, Any]:
@@ -53,31 +50,32 @@ def encode_record(processor: Any, record: Record) -> dict[str, Any]:
         return len(tokenizer(text, add_special_tokens=False)["input_ids"])
 
     full_text = render(messages, False)
-    spans: list[tuple[int, int]] = []
+    spans: list[tuple[int, int, str, int]] = []  # (start, end) in unexpanded tokens, prefix text, images before
+    images_seen = 0
     for i, message in enumerate(messages):
         if message["role"] != "assistant":
+            images_seen += sum(part.get("type") == "image" for part in message["content"])
             continue
         prefix, upto = render(messages[:i], True), render(messages[: i + 1], False)
         if not (upto.startswith(prefix) and full_text.startswith(upto)):
             raise TiveError(_where(record) + "the chat template does not render this conversation prefix by prefix")
-        spans.append((n_tokens(prefix), n_tokens(upto)))
+        spans.append((n_tokens(prefix), n_tokens(upto), prefix, images_seen))
 
     images = load_images(record)
-    encoded = processor(
-        text=[full_text], images=images or None, add_special_tokens=False, return_tensors="pt"
-    )
+    encoded = processor(text=[full_text], images=images or None, add_special_tokens=False, return_tensors="pt")
     input_ids = encoded["input_ids"][0]
     plain_ids = tokenizer(full_text, add_special_tokens=False)["input_ids"]
-    shift = len(input_ids) - len(plain_ids)
-    if shift and not _images_before_first_answer(messages):
-        raise TiveError(
-            _where(record) + "an image appears after an answer; only records whose images come before the first "
-            "answer are supported"
-        )
+    total_shift = len(input_ids) - len(plain_ids)
     labels = input_ids.new_full(input_ids.shape, IGNORE_INDEX)
-    for start, end in spans:
-        answer = plain_ids[start:end]
-        if input_ids[start + shift : end + shift].tolist() != answer:
+    for start, end, prefix, n_images in spans:
+        if n_images == len(images):
+            shift = total_shift
+        elif n_images == 0:
+            shift = 0
+        else:  # some images come later: measure what this prefix's own images add
+            expanded = processor(text=[prefix], images=images[:n_images], add_special_tokens=False)["input_ids"][0]
+            shift = len(expanded) - start
+        if input_ids[start + shift : end + shift].tolist() != plain_ids[start:end]:
             raise TiveError(_where(record) + "answer tokens are not where the chat template puts them")
         labels[start + shift : end + shift] = input_ids[start + shift : end + shift]
     if not (labels != IGNORE_INDEX).any():
@@ -120,16 +118,6 @@ def answer_loss_per_record(logits: Any, labels: Any) -> Any:
     ).view(shift_labels.shape)
     mask = shift_labels != IGNORE_INDEX
     return (token_loss * mask).sum(dim=1) / mask.sum(dim=1).clamp(min=1)
-
-
-def _images_before_first_answer(messages: list[dict[str, Any]]) -> bool:
-    seen_answer = False
-    for message in messages:
-        if message["role"] == "assistant":
-            seen_answer = True
-        elif seen_answer and any(part.get("type") == "image" for part in message["content"]):
-            return False
-    return True
 
 
 def _where(record: Record) -> str:
