@@ -43,22 +43,35 @@ class DenseProjector:
         self.rows_per_block = max(1, block_bytes // (4 * grad_dim))
         self._cached: Any = None
         if self.proj_dim * grad_dim * 4 <= cache_bytes:
-            self._cached = list(self._blocks())
+            self._cached = list(self._blocks(reuse=False))
 
-    def _blocks(self) -> Any:
-        """The matrix's row blocks, in order, on the target device (scaled ±1 float32)."""
+    def _blocks(self, reuse: bool = True) -> Any:
+        """The matrix's row blocks, in order, on the target device (scaled ±1 float32).
+
+        With `reuse`, every block is written into the same buffers (a consumer must be done with a block before
+        asking for the next): allocating a fresh 64 MB block hundreds of times per call fragments the heap.
+        """
         import torch
 
         generator = torch.Generator(device="cpu").manual_seed(self.seed)
         scale = 1.0 / self.proj_dim**0.5
         shifts = torch.arange(8, dtype=torch.uint8)
+        n_bytes = (self.grad_dim + 7) // 8
+        packed = torch.empty(self.rows_per_block, n_bytes, dtype=torch.uint8)
+        bits = torch.empty(self.rows_per_block, n_bytes, 8, dtype=torch.uint8)
+        block = torch.empty(self.rows_per_block, self.grad_dim, dtype=torch.float32)
         for start in range(0, self.proj_dim, self.rows_per_block):
             rows = min(self.rows_per_block, self.proj_dim - start)
+            if not reuse:
+                packed, bits, block = packed.clone(), bits.clone(), block.clone()
             # Eight signs per random byte: drawing bytes and unpacking their bits is ~2x faster than drawing bits.
-            packed = torch.randint(0, 256, (rows, (self.grad_dim + 7) // 8), generator=generator, dtype=torch.uint8)
-            bits = ((packed.unsqueeze(-1) >> shifts) & 1).reshape(rows, -1)[:, : self.grad_dim]
-            block = bits.to(torch.float32).mul_(2 * scale).sub_(scale)
-            yield block.to(self.device)
+            torch.randint(0, 256, (rows, n_bytes), generator=generator, dtype=torch.uint8, out=packed[:rows])
+            torch.bitwise_right_shift(packed[:rows].unsqueeze(-1), shifts, out=bits[:rows])
+            bits[:rows].bitwise_and_(1)
+            out = block[:rows]
+            out.copy_(bits[:rows].view(rows, -1)[:, : self.grad_dim])
+            out.mul_(2 * scale).sub_(scale)
+            yield out.to(self.device)
 
     def project(self, grads: Any) -> Any:
         """Project a (batch, grad_dim) float32 tensor to (batch, proj_dim)."""
@@ -66,7 +79,12 @@ class DenseProjector:
 
         _check_width(grads, self.grad_dim)
         blocks = self._cached if self._cached is not None else self._blocks()
-        return torch.cat([grads @ block.T for block in blocks], dim=1)
+        out = torch.empty(grads.shape[0], self.proj_dim, dtype=torch.float32, device=grads.device)
+        start = 0
+        for block in blocks:
+            torch.matmul(grads, block.T, out=out[:, start : start + block.shape[0]])
+            start += block.shape[0]
+        return out
 
     def describe(self) -> dict[str, Any]:
         return {"type": self.name, "seed": self.seed, "dim": self.proj_dim, "grad_dim": self.grad_dim}
