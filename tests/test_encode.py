@@ -5,6 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
+import torch
 from PIL import Image
 
 from tive.data.formats import parse_llava_record
@@ -116,3 +117,69 @@ def test_collate_pads_right_and_masks_padding(processor, image):
     assert batch["attention_mask"][0, n:].sum() == 0 and batch["attention_mask"][0, :n].all()
     assert (batch["labels"][0, n:] == IGNORE_INDEX).all()
     assert batch["pixel_values"].shape[0] == 1
+
+
+def test_labels_are_found_by_characters_when_a_turn_boundary_merges_tokens(processor, image):
+    """A template whose answer ends in whitespace that the next turn's first token absorbs (LLaVA-1.5's)."""
+    template = (
+        "{% for message in messages %}{{ message['role'].upper() + ': ' }}"
+        "{% for part in message['content'] %}{% if part['type'] == 'image' %}{{ '<image>' }}"
+        "{% else %}{{ part['text'] + ' ' }}{% endif %}{% endfor %}{% endfor %}"
+        "{% if add_generation_prompt %}{{ 'ASSISTANT:' }}{% endif %}"
+    )
+    original = processor.chat_template
+    processor.chat_template = template
+    try:
+        record = make_record(
+            [
+                {"from": "human", "value": "<image>\nWhat color?"},
+                {"from": "gpt", "value": "red"},
+                {"from": "human", "value": "How many circles are there?"},
+                {"from": "gpt", "value": "3"},
+            ],
+            image,
+        )
+        encoded = encode_record(processor, record)
+    finally:
+        processor.chat_template = original
+    assert [run.strip() for run in labelled_text(processor, encoded)] == ["red", "3"]
+
+
+def test_truncation_cuts_the_end_counts_records_and_never_cuts_images(processor, image):
+    from tive.model.encode import encode_records, image_token_ids, truncate_encoded
+
+    short = make_record([{"from": "human", "value": "Hi"}, {"from": "gpt", "value": "3"}])
+    late_answer = make_record(
+        [{"from": "human", "value": "<image>\nWhat color is the shape?"}, {"from": "gpt", "value": "red"}], image
+    )
+    full = [encode_record(processor, r) for r in (short, late_answer)]
+    image_ids = image_token_ids(processor)
+    assert image_ids == {processor.tokenizer.convert_tokens_to_ids("<image>")}
+    last_image = int((full[1]["input_ids"] == min(image_ids)).nonzero().max())
+    max_length = last_image + 2  # the images fit, the answer does not
+    assert len(full[0]["input_ids"]) <= max_length < int((full[1]["labels"] != IGNORE_INDEX).nonzero().min())
+    encoded = encode_records(processor, [short, late_answer], max_length)
+    assert encoded.truncated == [1] and encoded.no_answer == [1]
+    assert encoded.items[0]["input_ids"].tolist() == full[0]["input_ids"].tolist()
+    cut = encoded.items[1]
+    assert all(len(cut[key]) == max_length for key in ("input_ids", "attention_mask", "labels"))
+    assert torch.equal(cut["pixel_values"], full[1]["pixel_values"])
+    with pytest.raises(TiveError, match="field 'image': its image tokens run to position .* past --max-length"):
+        truncate_encoded(full[1], last_image, image_ids, late_answer)
+
+
+def test_collate_zero_pads_per_image_tensors_of_different_shapes():
+    """LLaVA-NeXT tiles and Idefics3 image counts differ between records: padded with zeros, as processors do."""
+    a = {"input_ids": torch.tensor([1, 2, 3]), "attention_mask": torch.ones(3, dtype=torch.long),
+         "labels": torch.tensor([-100, 2, 3]), "mm_token_type_ids": torch.tensor([0, 1, 0]),
+         "pixel_values": torch.ones(1, 2, 3, 4, 4), "image_sizes": torch.tensor([[4, 4]])}
+    b = {"input_ids": torch.tensor([5, 6]), "attention_mask": torch.ones(2, dtype=torch.long),
+         "labels": torch.tensor([-100, 6]), "mm_token_type_ids": torch.tensor([1, 0]),
+         "pixel_values": torch.full((2, 3, 3, 4, 4), 2.0), "image_sizes": torch.tensor([[4, 8], [8, 4]])}
+    batch = collate([a, b], pad_token_id=0)
+    assert batch["input_ids"].tolist() == [[1, 2, 3], [5, 6, 0]]
+    assert batch["labels"].tolist() == [[-100, 2, 3], [-100, 6, -100]]
+    assert batch["mm_token_type_ids"].tolist() == [[0, 1, 0], [1, 0, 0]]
+    assert batch["pixel_values"].shape == (3, 3, 3, 4, 4)
+    assert batch["pixel_values"][0, 2].abs().sum() == 0 and (batch["pixel_values"][1:] == 2).all()
+    assert batch["image_sizes"].tolist() == [[4, 4], [4, 8], [8, 4]]

@@ -239,3 +239,11 @@ def test_prepare_with_llava665k_rules_writes_the_recovered_tasks(tmp_path: Path)
     rows = manifest(run)
     assert [r["task"] for r in rows] == [task for task, _ in mix]
     assert len({r["task"] for r in rows}) == 9
+
+
+@pytest.mark.parametrize("command", ["run", "demo", "prepare", "warmup", "features", "score", "select"])
+def test_every_command_has_working_help(command: str, capsys):
+    with pytest.raises(SystemExit) as exit_info:
+        main([command, "--help"])
+    assert exit_info.value.code == 0
+    assert "usage: tive " + command in capsys.readouterr().out

@@ -55,6 +55,25 @@ class WarmupOptions:
     batch_size: int = opt(8, "warm-up batch size (records per optimiser step)")
     seed: int = opt(0, "seed of the warm-up sample, LoRA initialisation, shuffling and the selection")
     device: str = opt("auto", "torch device: auto (cuda if available, else cpu), cpu, cuda, cuda:1, ...")
+    dtype: str = opt(
+        "float32",
+        "dtype of the model weights (warm-up and features); LoRA matrices, gradients and projections stay float32",
+        choices=["float32", "bfloat16", "float16"],
+    )
+    max_length: int | None = opt(
+        None,
+        "cut records to this many tokens (warm-up and features), counted and reported; images are never cut "
+        "(a record whose images do not fit is an error)",
+    )
+    gradient_checkpointing: bool = opt(
+        False, "recompute activations in the backward pass: less memory, more time (warm-up and features)",
+        action="store_true",
+    )
+    reference_adapter: str | None = opt(
+        None,
+        "use this LoRA adapter directory (adapter_config.json + adapter_model.safetensors, made for --model) as "
+        "the reference model instead of training one",
+    )
     force: bool = opt(False, "redo the stage even if its outputs exist with other settings", action="store_true")
 
 
@@ -75,6 +94,17 @@ class FeaturesOptions:
     grad_batch_size: int = opt(16, "records per forward/backward pass in batched mode")
     chunk_size: int = opt(256, "records per committed chunk of features (the resume unit)")
     device: str = opt("auto", "torch device: auto (cuda if available, else cpu), cpu, cuda, cuda:1, ...")
+    dtype: str = opt(
+        "float32",
+        "dtype of the model weights; LoRA matrices, gradients and projections stay float32, norms float64",
+        choices=["float32", "bfloat16", "float16"],
+    )
+    max_length: int | None = opt(
+        None, "cut records to this many tokens, counted and reported; images are never cut"
+    )
+    gradient_checkpointing: bool = opt(
+        False, "recompute activations in the backward pass: less memory, more time", action="store_true"
+    )
     force: bool = opt(False, "redo the stage even if its outputs exist with other settings", action="store_true")
 
 
@@ -82,7 +112,7 @@ class FeaturesOptions:
 class SelectOptions:
     """The budgeted selection."""
 
-    budget: str = opt("0.15", "subset size: a fraction of the eligible records (0.15 or 15%) or a count (1500)")
+    budget: str = opt("0.15", "subset size: a fraction of the eligible records (0.15 or 15%%) or a count (1500)")
     seed: int = opt(0, "seed of the warm-up sample, LoRA initialisation, shuffling and the selection")
     choose: str = opt("sample", "instance choice within a task", choices=["sample", "top"])
     temperature: float = opt(

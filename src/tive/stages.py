@@ -100,7 +100,19 @@ def run_prepare(data: Path | str, run_dir: Path | str, options: PrepareOptions) 
 
 # ------------------------------------------------------------------------------------------------------ warmup
 def _warmup_settings(options: WarmupOptions) -> dict[str, Any]:
-    """The effective warm-up settings: explicit options over the model kind's defaults."""
+    """The effective warm-up settings: explicit options over the model kind's defaults.
+
+    These decide the reference model, so a finished warm-up with other settings is not reused. The device and
+    gradient checkpointing change how it is computed, not what, and are recorded beside them.
+    """
+    _check_encoding_options(options.dtype, options.max_length)
+    if options.reference_adapter:
+        path = Path(options.reference_adapter).expanduser().resolve()
+        return {
+            "model": options.model,
+            "reference_adapter": str(path),
+            "reference_adapter_sha256": _adapter_sha256(path),
+        }
     defaults = BUILTIN_DEFAULTS.get(options.model, CHECKPOINT_DEFAULTS)
     rank = options.lora_rank or defaults["lora_rank"]
     settings = {
@@ -114,6 +126,8 @@ def _warmup_settings(options: WarmupOptions) -> dict[str, Any]:
         "epochs": options.epochs or defaults["epochs"],
         "batch_size": options.batch_size,
         "seed": options.seed,
+        "dtype": options.dtype,
+        "max_length": options.max_length,
     }
     if not 0 < settings["warmup_fraction"] <= 1:
         raise TiveError(f"--warmup-fraction {options.warmup_fraction}: must be in (0, 1]")
@@ -121,6 +135,25 @@ def _warmup_settings(options: WarmupOptions) -> dict[str, Any]:
         if settings[name] < 1:
             raise TiveError(f"--{name.replace('_', '-')} {settings[name]}: must be at least 1")
     return settings
+
+
+def _check_encoding_options(dtype: str, max_length: int | None) -> None:
+    from tive.model.loading import DTYPES
+
+    if dtype not in DTYPES:
+        raise TiveError(f"--dtype {dtype}: choose one of {', '.join(DTYPES)}")
+    if max_length is not None and max_length < 2:
+        raise TiveError(f"--max-length {max_length}: must be at least 2 (a prompt token and an answer token)")
+
+
+def _adapter_sha256(adapter_dir: Path) -> str:
+    weights = adapter_dir / ADAPTER_WEIGHTS
+    if not weights.is_file():
+        raise TiveError(
+            f"--reference-adapter {adapter_dir}: no {ADAPTER_WEIGHTS} there; pass a directory saved by peft's "
+            "save_pretrained (adapter_config.json + adapter_model.safetensors)"
+        )
+    return sha256_file(weights)
 
 
 def _base_model_dir(run_dir: Path, model: str) -> Path:
@@ -134,11 +167,24 @@ def _base_model_dir(run_dir: Path, model: str) -> Path:
     return path
 
 
+def _commit_adapter(warm_dir: Path, save: Any) -> Path:
+    """Write the adapter through `save(tmp_dir)` and move it into place as warm_dir/adapter."""
+    adapter_dir = warm_dir / ADAPTER_DIR
+    tmp_dir = warm_dir / (ADAPTER_DIR + ".tmp")
+    shutil.rmtree(tmp_dir, ignore_errors=True)
+    save(tmp_dir)
+    shutil.rmtree(adapter_dir, ignore_errors=True)
+    tmp_dir.rename(adapter_dir)
+    return adapter_dir
+
+
 def run_warmup(run_dir: Path | str, options: WarmupOptions) -> dict[str, Any]:
-    """Train the reference model: LoRA on a task-balanced warm-up sample; save the adapter and its log."""
-    from tive.model.loading import LoraSettings, add_lora, load_base, model_fingerprint, resolve_device
-    from tive.model.tiny import build_tiny_model
-    from tive.model.warmup import train_warmup, warmup_sample
+    """Train the reference model: LoRA on a task-balanced warm-up sample; save the adapter and its log.
+
+    With `reference_adapter`, no training: the given adapter is checked against the base model and copied in as
+    the reference model.
+    """
+    from tive.model.loading import model_fingerprint
 
     run_dir = open_run_dir(run_dir)
     settings = _warmup_settings(options)
@@ -158,12 +204,77 @@ def run_warmup(run_dir: Path | str, options: WarmupOptions) -> dict[str, Any]:
             raise TiveError(f"{marker}: a warm-up with other settings exists; pass --force to redo it")
         shutil.rmtree(warm_dir)
 
-    device = resolve_device(options.device)
     base_dir = _base_model_dir(run_dir, options.model)
     if options.model in BUILTIN_DEFAULTS:
+        from tive.model.tiny import build_tiny_model
+
         texts = [turn.text() for record in ok for turn in record.turns]
         build_tiny_model(base_dir, texts, seed=options.seed, preset=options.model)
-    model, processor = load_base(base_dir, device)
+    if options.reference_adapter:
+        result = _use_reference_adapter(Path(settings["reference_adapter"]), base_dir, warm_dir, settings)
+    else:
+        result = _train_reference(base_dir, warm_dir, ok, settings, options)
+    result = {
+        "settings": settings,
+        "model_dir": str(base_dir),
+        "model_fingerprint": model_fingerprint(base_dir),
+        "records_sha256": records_sha,
+        **result,
+    }
+    write_json(marker, result)  # last: the stage's completion marker
+    return result
+
+
+def _use_reference_adapter(adapter: Path, base_dir: Path, warm_dir: Path, settings: dict[str, Any]) -> dict[str, Any]:
+    """Check the user's adapter against the base model and copy it in as warm_dir/adapter."""
+    from tive.model.loading import ADAPTER_FILES, check_reference_adapter
+
+    config = check_reference_adapter(adapter, base_dir)
+    warm_dir.mkdir(parents=True, exist_ok=True)
+
+    def copy(tmp_dir: Path) -> None:
+        tmp_dir.mkdir()
+        for name in ADAPTER_FILES:
+            shutil.copyfile(adapter / name, tmp_dir / name)
+
+    adapter_dir = _commit_adapter(warm_dir, copy)
+    sha = sha256_file(adapter_dir / ADAPTER_WEIGHTS)
+    if sha != settings["reference_adapter_sha256"]:
+        raise TiveError(f"--reference-adapter {adapter}: {ADAPTER_WEIGHTS} changed while it was copied; run again")
+    say(
+        f"warmup: no training: reference adapter {adapter} (LoRA rank {config.get('r')}, "
+        f"SHA-256 {sha[:12]}) copied to {adapter_dir}"
+    )
+    return {
+        "reference_adapter": str(adapter),
+        "warmup_indices": [],
+        "steps": 0,
+        "loss_first": None,
+        "loss_last": None,
+        "adapter_sha256": sha,
+        "lora_rank": config.get("r"),
+        "lora_targets": config.get("target_modules"),
+    }
+
+
+def _train_reference(
+    base_dir: Path, warm_dir: Path, ok: list[Any], settings: dict[str, Any], options: WarmupOptions
+) -> dict[str, Any]:
+    """LoRA warm-up of the base model on a task-balanced sample of `ok`; saves warm_dir/adapter."""
+    from tive.model.encode import describe_truncation, encode_records
+    from tive.model.loading import (
+        LoraSettings,
+        add_lora,
+        enable_gradient_checkpointing,
+        language_model_prefix,
+        load_base,
+        resolve_device,
+    )
+    from tive.model.warmup import train_warmup, warmup_sample
+
+    device = resolve_device(options.device)
+    model, processor = load_base(base_dir, device, settings["dtype"])
+    scope = language_model_prefix(model)
     lora = LoraSettings(
         rank=settings["lora_rank"],
         alpha=settings["lora_alpha"],
@@ -171,19 +282,35 @@ def run_warmup(run_dir: Path | str, options: WarmupOptions) -> dict[str, Any]:
         modules_to_save=settings["modules_to_save"],
     )
     model = add_lora(model, lora, seed=options.seed)
+    if options.gradient_checkpointing:
+        enable_gradient_checkpointing(model)
     positions = warmup_sample([r.task for r in ok], settings["warmup_fraction"], options.seed)
     warm_records = [ok[p] for p in positions]
     say(
         f"warmup: {len(warm_records)} records ({settings['warmup_fraction']:.0%} of {len(ok)}, equal per task), "
-        f"LoRA rank {lora.rank} on {','.join(lora.targets)}, lr {settings['learning_rate']}, "
-        f"{settings['epochs']} epoch(s), device {device}"
+        f"LoRA rank {lora.rank} on {','.join(lora.targets)} in {scope}, lr {settings['learning_rate']}, "
+        f"{settings['epochs']} epoch(s), {settings['dtype']}, device {device}"
+        + (", gradient checkpointing" if options.gradient_checkpointing else "")
     )
+    encoded = encode_records(processor, warm_records, settings["max_length"])
+    if settings["max_length"]:
+        lost = [warm_records[p] for p in encoded.no_answer]
+        say(
+            describe_truncation("warmup", len(warm_records), len(encoded.truncated), lost, settings["max_length"])
+            + ("; left out of the warm-up" if lost else "")
+        )
+    no_answer = set(encoded.no_answer)
+    items = [item for i, item in enumerate(encoded.items) if i not in no_answer]
+    if not items:
+        raise TiveError(
+            f"--max-length {settings['max_length']}: every warm-up record lost all its answer tokens; raise it"
+        )
     warm_dir.mkdir(parents=True, exist_ok=True)
     started = time.perf_counter()
     losses = train_warmup(
         model,
         processor,
-        warm_records,
+        items,
         epochs=settings["epochs"],
         batch_size=settings["batch_size"],
         learning_rate=settings["learning_rate"],
@@ -191,31 +318,48 @@ def run_warmup(run_dir: Path | str, options: WarmupOptions) -> dict[str, Any]:
         device=device,
         log_path=warm_dir / "train_log.jsonl",
     )
-    adapter_dir = warm_dir / ADAPTER_DIR
-    tmp_dir = warm_dir / (ADAPTER_DIR + ".tmp")
-    shutil.rmtree(tmp_dir, ignore_errors=True)
-    model.save_pretrained(tmp_dir, safe_serialization=True)
-    shutil.rmtree(adapter_dir, ignore_errors=True)
-    tmp_dir.rename(adapter_dir)
-    result = {
-        "settings": settings,
-        "model_dir": str(base_dir),
-        "model_fingerprint": model_fingerprint(base_dir),
-        "records_sha256": records_sha,
+    adapter_dir = _commit_adapter(warm_dir, lambda tmp: model.save_pretrained(tmp, safe_serialization=True))
+    say(f"warmup: {len(losses)} steps, loss {losses[0]:.3f} -> {losses[-1]:.3f}; adapter in {adapter_dir}")
+    return {
         "warmup_indices": [record.index for record in warm_records],
         "steps": len(losses),
         "loss_first": losses[0],
         "loss_last": losses[-1],
         "adapter_sha256": sha256_file(adapter_dir / ADAPTER_WEIGHTS),
+        "lora_scope": scope,
+        "truncated_records": len(encoded.truncated),
+        "no_answer_records": [warm_records[p].index for p in encoded.no_answer],
         "seconds": round(time.perf_counter() - started, 2),
         "device": device,
+        "gradient_checkpointing": options.gradient_checkpointing,
     }
-    write_json(marker, result)  # last: the stage's completion marker
-    say(f"warmup: {len(losses)} steps, loss {losses[0]:.3f} -> {losses[-1]:.3f}; adapter in {adapter_dir}")
-    return result
 
 
 # ---------------------------------------------------------------------------------------------------- features
+# Settings of how records become model inputs; stored features made with other values are not reused.
+_ENCODING_KEYS = {"dtype": "float32", "max_length": None}
+
+
+def _check_encoding_provenance(features_dir: Path, meta: dict[str, Any], force: bool) -> None:
+    """Refuse stored features made with another dtype or maximum length (unless `force`: then discard them)."""
+    meta_path = features_dir / "meta.json"
+    if not meta_path.is_file():
+        return
+    old = read_json(meta_path)
+    differing = [key for key, default in _ENCODING_KEYS.items() if old.get(key, default) != meta[key]]
+    if differing and not force:
+        raise TiveError(
+            f"{features_dir}: holds features made with other {', '.join(differing)}; "
+            "pass --force to discard them and recompute"
+        )
+    if differing:
+        shutil.rmtree(features_dir)
+
+
+def _truncation_path(store: Any, chunk: int) -> Path:
+    return store.chunks_dir / f"chunk_{chunk:06d}.truncation.json"
+
+
 def run_features(run_dir: Path | str, options: FeaturesOptions) -> dict[str, Any]:
     """Per-record LoRA gradients of the answer loss: L2 norms and random projections, in resumable chunks."""
     import torch
@@ -224,8 +368,15 @@ def run_features(run_dir: Path | str, options: FeaturesOptions) -> dict[str, Any
     from tive.features.grads import GRAD_MODES, BatchedGradients, record_gradient
     from tive.features.projection import make_projector
     from tive.features.store import FeatureStore
-    from tive.model.encode import collate, encode_record
-    from tive.model.loading import load_with_adapter, lora_parameters, model_fingerprint, resolve_device
+    from tive.model.encode import collate, describe_truncation, encode_records
+    from tive.model.loading import (
+        checkpoint_in_eval,
+        enable_gradient_checkpointing,
+        load_with_adapter,
+        lora_parameters,
+        model_fingerprint,
+        resolve_device,
+    )
 
     run_dir = open_run_dir(run_dir)
     marker = run_dir / WARMUP_DIR / WARMUP_MARKER
@@ -236,6 +387,7 @@ def run_features(run_dir: Path | str, options: FeaturesOptions) -> dict[str, Any
         raise TiveError("--proj-dim, --chunk-size and --grad-batch-size must be at least 1")
     if options.grad_mode not in GRAD_MODES:
         raise TiveError(f"--grad-mode {options.grad_mode}: choose one of {', '.join(GRAD_MODES)}")
+    _check_encoding_options(options.dtype, options.max_length)
     dataset, _ = load_prepared(run_dir)
     ok = [record for record in dataset.records if record.ok]
     device = resolve_device(options.device)
@@ -244,7 +396,10 @@ def run_features(run_dir: Path | str, options: FeaturesOptions) -> dict[str, Any
     if fingerprint != warm["model_fingerprint"]:
         raise TiveError(f"{model_dir}: changed since the warm-up; rerun `tive warmup {run_dir} --force`")
     adapter_dir = run_dir / WARMUP_DIR / ADAPTER_DIR
-    model, processor = load_with_adapter(model_dir, adapter_dir, device)
+    model, processor = load_with_adapter(model_dir, adapter_dir, device, options.dtype)
+    if options.gradient_checkpointing:
+        enable_gradient_checkpointing(model)
+        checkpoint_in_eval(model)
     for param in model.parameters():
         param.requires_grad_(False)
     named_params = lora_parameters(model)
@@ -265,19 +420,24 @@ def run_features(run_dir: Path | str, options: FeaturesOptions) -> dict[str, Any
         "records_sha256": sha256_json([r.index for r in ok]),
         "chunk_size": options.chunk_size,
         "loss": "mean cross-entropy over answer tokens",
+        "dtype": options.dtype,
+        "max_length": options.max_length,
     }
     store = FeatureStore(run_dir / FEATURES_DIR)
+    _check_encoding_provenance(store.dir, meta, options.force)
     n_chunks = (len(ok) + options.chunk_size - 1) // options.chunk_size
+    chunks = [ok[c * options.chunk_size : (c + 1) * options.chunk_size] for c in range(n_chunks)]
     if store.open(meta, options.force):
         say(f"features: already computed with the same model, adapter and projection ({store.dir}); nothing to do")
+        meta = read_json(store.dir / "meta.json")
     else:
         pad_id = processor.tokenizer.pad_token_id or 0
         batched = BatchedGradients(model, named_params) if options.grad_mode == "batched" else None
-        chunks = [ok[c * options.chunk_size : (c + 1) * options.chunk_size] for c in range(n_chunks)]
         done = sum(len(chunk) for c, chunk in enumerate(chunks) if store.has_chunk(c))
         say(
             f"features: {len(ok)} records, gradient of {grad_dim:,} LoRA numbers -> {projector.proj_dim} dims "
-            f"({options.projector}), {options.grad_mode} gradients, device {device}"
+            f"({options.projector}), {options.grad_mode} gradients, {options.dtype}, device {device}"
+            + (", gradient checkpointing" if options.gradient_checkpointing else "")
             + (f"; resuming ({done} done)" if done else "")
         )
         # Raw gradients are projected a group at a time so the memory they take stays bounded (~1 GB).
@@ -286,27 +446,45 @@ def run_features(run_dir: Path | str, options: FeaturesOptions) -> dict[str, Any
             for c, chunk in enumerate(chunks):
                 if store.has_chunk(c):
                     continue
-                encoded = [encode_record(processor, record) for record in chunk]
+                encoded = encode_records(processor, chunk, options.max_length)
+                items = encoded.items
                 # Batches of similar length waste less on padding; the order is fixed, so results are too.
-                order = sorted(range(len(chunk)), key=lambda i: (len(encoded[i]["input_ids"]), i))
+                order = sorted(range(len(chunk)), key=lambda i: (len(items[i]["input_ids"]), i))
                 projected = torch.empty(len(chunk), projector.proj_dim)
                 norms = torch.empty(len(chunk), dtype=torch.float64)
                 for start in range(0, len(order), group):
                     members = order[start : start + group]
                     if batched is not None:
-                        inputs = {k: v.to(device) for k, v in collate([encoded[i] for i in members], pad_id).items()}
+                        inputs = {k: v.to(device) for k, v in collate([items[i] for i in members], pad_id).items()}
                         grads = batched(inputs)
                     else:
-                        grads = torch.stack([
-                            record_gradient(model, params, {k: v.to(device) for k, v in collate([encoded[i]], pad_id).items()})
-                            for i in members
-                        ])
+                        singles = [{k: v.to(device) for k, v in collate([items[i]], pad_id).items()} for i in members]
+                        grads = torch.stack([record_gradient(model, params, inputs) for inputs in singles])
                     with torch.no_grad():
                         norms[members] = grads.double().norm(dim=1).cpu()
-                        projected[members] = projector.project(grads).cpu()
+                        projected[members] = projector.project(grads.float()).cpu()
                     bar.update(len(members))
+                if options.max_length:  # before the chunk's marker, so that a committed chunk has it
+                    write_json(_truncation_path(store, c), {
+                        "truncated": [chunk[p].index for p in encoded.truncated],
+                        "no_answer": [chunk[p].index for p in encoded.no_answer],
+                    })
                 store.write_chunk(c, projected.numpy(), norms.numpy())
+        if options.max_length:
+            truncated, no_answer = [], []
+            for c in range(n_chunks):
+                counts = read_json(_truncation_path(store, c))
+                truncated += counts["truncated"]
+                no_answer += counts["no_answer"]
+            meta = {**meta, "truncated_records": len(truncated), "no_answer_records": no_answer}
         store.merge(n_chunks, len(ok), projector.proj_dim, meta)
+    if options.max_length:
+        by_index = {record.index: record for record in ok}
+        lost = [by_index[i] for i in meta["no_answer_records"]]
+        say(
+            describe_truncation("features", len(ok), meta["truncated_records"], lost, options.max_length)
+            + ("; their gradient is zero (grad_norm 0, value 0)" if lost else "")
+        )
     norms = np.load(store.dir / "norms.npy")
     rows = read_manifest(run_dir)
     for row, norm in zip(ok_rows(rows), norms):

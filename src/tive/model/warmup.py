@@ -12,8 +12,7 @@ from typing import Any
 
 import numpy as np
 
-from tive.data.records import Record
-from tive.model.encode import answer_loss_per_record, collate, encode_record
+from tive.model.encode import answer_loss_per_record, collate
 from tive.select import split_budget
 
 log = logging.getLogger("tive")
@@ -43,7 +42,7 @@ def warmup_sample(tasks: Sequence[str], fraction: float, seed: int) -> list[int]
 def train_warmup(
     model: Any,
     processor: Any,
-    records: Sequence[Record],
+    items: Sequence[dict[str, Any]],
     *,
     epochs: int,
     batch_size: int,
@@ -52,7 +51,7 @@ def train_warmup(
     device: str,
     log_path: Path,
 ) -> list[float]:
-    """Train the trainable parameters of `model` on `records`; returns the loss of every optimiser step.
+    """Train the trainable parameters of `model` on encoded records (`encode_records`); returns each step's loss.
 
     AdamW, cosine schedule with 3% linear warm-up steps (the authors' recipe). Each step's loss is the mean over
     its records of the per-record mean answer-token loss. The loss per step is appended to `log_path` (JSONL).
@@ -61,7 +60,7 @@ def train_warmup(
     from tqdm import tqdm
     from transformers import get_cosine_schedule_with_warmup
 
-    encoded = [encode_record(processor, record) for record in records]
+    encoded = list(items)
     pad_id = processor.tokenizer.pad_token_id
     if pad_id is None:
         pad_id = processor.tokenizer.eos_token_id or 0
