@@ -16,6 +16,7 @@ import pytest
 from tests.conftest import SMALL_PROJ_DIM, SMALL_RECORDS, small_options
 from tive.cli import main
 from tive.config import SelectOptions
+from tive.errors import TiveError
 from tive.stages import run_all, run_select
 
 
@@ -142,6 +143,10 @@ def test_select_is_seeded_and_rerun_of_run_all_skips_finished_stages(small_run: 
     assert (run / "subset.json").read_bytes() == first
     run_select(run, SelectOptions(budget="0.2", seed=6))
     assert (run / "subset.json").read_bytes() != first
+    prepare, warmup, features, select = small_options(small_data)
+    warmup.seed = 6
+    with pytest.raises(TiveError, match=r"other settings \(seed\).*tive select"):
+        run_all(small_data, run, prepare, warmup, features, select)
 
 
 def test_select_top_with_a_count_and_excluded_task(small_run: Path, tmp_path: Path):
@@ -223,7 +228,7 @@ def test_stage_order_is_enforced_with_a_clear_message(small_data: Path, tmp_path
 
 def test_python_dash_m_tive_shows_every_command():
     out = subprocess.run([sys.executable, "-m", "tive", "--help"], capture_output=True, text=True, check=True).stdout
-    for command in ("run", "demo", "prepare", "warmup", "features", "score", "select"):
+    for command in ("run", "demo", "bench", "prepare", "warmup", "features", "score", "select"):
         assert command in out
 
 
@@ -241,7 +246,7 @@ def test_prepare_with_llava665k_rules_writes_the_recovered_tasks(tmp_path: Path)
     assert len({r["task"] for r in rows}) == 9
 
 
-@pytest.mark.parametrize("command", ["run", "demo", "prepare", "warmup", "features", "score", "select"])
+@pytest.mark.parametrize("command", ["run", "demo", "bench", "prepare", "warmup", "features", "score", "select"])
 def test_every_command_has_working_help(command: str, capsys):
     with pytest.raises(SystemExit) as exit_info:
         main([command, "--help"])

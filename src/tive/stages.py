@@ -201,7 +201,12 @@ def run_warmup(run_dir: Path | str, options: WarmupOptions) -> dict[str, Any]:
             say(f"warmup: already done with these settings ({marker}); nothing to do")
             return old
         if not options.force:
-            raise TiveError(f"{marker}: a warm-up with other settings exists; pass --force to redo it")
+            differing = sorted(k for k in settings.keys() | old["settings"].keys()
+                               if settings.get(k) != old["settings"].get(k))
+            raise TiveError(
+                f"{marker}: a warm-up with other settings ({', '.join(differing) or 'records'}) exists; pass --force "
+                f"to redo it (to change only the selection, e.g. its seed, run `tive select {run_dir} ...`)"
+            )
         shutil.rmtree(warm_dir)
 
     base_dir = _base_model_dir(run_dir, options.model)
