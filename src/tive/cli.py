@@ -41,6 +41,10 @@ def build_parser() -> argparse.ArgumentParser:
     demo.add_argument("--budget", default="0.15", help="subset size (default: 0.15)")
     demo.add_argument("--seed", type=int, default=0, help="seed of the data, model and selection (default: 0)")
 
+    from tive.bench.cli import add_parser as add_bench_parser
+
+    add_bench_parser(sub)
+
     prepare = sub.add_parser("prepare", help="read, validate and group the input into tasks")
     prepare.add_argument("data", help="LLaVA-format JSON (a list of records) or JSONL file")
     prepare.add_argument("--out", required=True, help="run directory (created)")
@@ -81,6 +85,10 @@ def main(argv: list[str] | None = None) -> int:
                 args.out,
                 *(options_from_args(cls, args) for cls in STAGES),
             )
+        elif args.command == "bench":
+            from tive.bench.cli import main as bench_main
+
+            return bench_main(args)
         elif args.command == "demo":
             from tive.demo import run_demo
 

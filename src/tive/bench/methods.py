@@ -1,0 +1,156 @@
+"""The subset methods the bench compares, all at exactly the same budget.
+
+Every method gets the same inputs (the training records' tasks and the per-record signals the TIVE run and the
+reference model give) and returns the positions of exactly `budget_count(budget, n)` records, without
+duplicates. Methods:
+
+| name | task shares | records within a task |
+|---|---|---|
+| `random` | none (uniform over all records) | uniform |
+| `random_stratified` | the input's (proportional to task size) | uniform |
+| `tive` | TIVE's (proportional to mean gradient norm) | TIVE's (sample ~ exp(value / T), project defaults) |
+| `tive_task_only` | TIVE's | uniform |
+| `tive_instance_only` | the input's | TIVE's |
+| `grad_norm` | none | highest gradient norm first (a global difficulty ranking) |
+| `el2n` | none | highest EL2N first (Paul et al. 2021: error of the reference model's predictions) |
+| `length` | none | longest answers first (Zhao et al. 2024, "Long is more for alignment") |
+
+Only numpy is imported: methods are unit-tested without torch.
+"""
+
+from __future__ import annotations
+
+from collections import Counter
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from tive.errors import TiveError
+from tive.select import DEFAULT_METHOD, DEFAULT_TEMPERATURE, budget_count, select_records, split_budget
+
+FULL = "full"
+
+
+@dataclass
+class Signals:
+    """Per-record inputs of the methods, one entry per training record (in the training file's order).
+
+    Attributes:
+        tasks: the task of each record.
+        grad_norms: the norm of the record's LoRA gradient under the reference model (TIVE's features stage).
+        values: TIVE's instance value (mean in-task cosine of the projected gradients).
+        task_values: TIVE's task values (mean gradient norm per task).
+        el2n: mean over answer tokens of ||softmax(logits) - onehot(label)||_2 under the reference model.
+        answer_tokens: the number of answer tokens of the record.
+        choose: TIVE's instance choice (`sample` or `top`), the project's default unless overridden.
+        temperature: TIVE's sampling temperature, the project's default unless overridden.
+    """
+
+    tasks: list[str]
+    grad_norms: np.ndarray
+    values: np.ndarray
+    task_values: dict[str, float]
+    el2n: np.ndarray
+    answer_tokens: np.ndarray
+    choose: str = DEFAULT_METHOD
+    temperature: float = DEFAULT_TEMPERATURE
+    task_sizes: dict[str, int] = field(init=False)
+
+    def __post_init__(self) -> None:
+        n = len(self.tasks)
+        for name in ("grad_norms", "values", "el2n", "answer_tokens"):
+            array = np.asarray(getattr(self, name), dtype=np.float64)
+            if array.shape != (n,):
+                raise TiveError(f"signal {name} has shape {array.shape}; expected one value per record ({n})")
+            setattr(self, name, array)
+        self.task_sizes = dict(sorted(Counter(self.tasks).items()))
+
+
+def _positions(counts: np.ndarray) -> np.ndarray:
+    if counts.max(initial=0) > 1:
+        raise TiveError("a method chose a record twice; subsets must not repeat records")
+    return np.flatnonzero(counts > 0)
+
+
+def _top(scores: np.ndarray, k: int) -> np.ndarray:
+    """The k highest scores (ties: lower position first)."""
+    return np.sort(np.argsort(-scores, kind="stable")[:k])
+
+
+def m_random(s: Signals, k: int, seed: int) -> np.ndarray:
+    return np.sort(np.random.default_rng(seed).choice(len(s.tasks), size=k, replace=False))
+
+
+def _proportional_values(s: Signals) -> dict[str, float]:
+    # Shares proportional to the task's size: n_t = k * size_t / N (largest remainder, exact).
+    return {task: float(size) for task, size in s.task_sizes.items()}
+
+
+def m_random_stratified(s: Signals, k: int, seed: int) -> np.ndarray:
+    counts, _ = select_records(s.tasks, np.zeros(len(s.tasks)), _proportional_values(s), k, method="sample",
+                               temperature=1.0, seed=seed)
+    return _positions(counts)
+
+
+def m_tive(s: Signals, k: int, seed: int) -> np.ndarray:
+    counts, _ = select_records(s.tasks, s.values, s.task_values, k, method=s.choose, temperature=s.temperature,
+                               seed=seed)
+    return _positions(counts)
+
+
+def m_tive_task_only(s: Signals, k: int, seed: int) -> np.ndarray:
+    # Zero instance values: Gumbel-top-k over equal keys is uniform sampling without replacement.
+    counts, _ = select_records(s.tasks, np.zeros(len(s.tasks)), s.task_values, k, method="sample", temperature=1.0,
+                               seed=seed)
+    return _positions(counts)
+
+
+def m_tive_instance_only(s: Signals, k: int, seed: int) -> np.ndarray:
+    counts, _ = select_records(s.tasks, s.values, _proportional_values(s), k, method=s.choose,
+                               temperature=s.temperature, seed=seed)
+    return _positions(counts)
+
+
+def m_grad_norm(s: Signals, k: int, seed: int) -> np.ndarray:
+    return _top(s.grad_norms, k)
+
+
+def m_el2n(s: Signals, k: int, seed: int) -> np.ndarray:
+    return _top(s.el2n, k)
+
+
+def m_length(s: Signals, k: int, seed: int) -> np.ndarray:
+    return _top(s.answer_tokens, k)
+
+
+METHODS: dict[str, Callable[[Signals, int, int], np.ndarray]] = {
+    "random": m_random,
+    "random_stratified": m_random_stratified,
+    "tive": m_tive,
+    "tive_task_only": m_tive_task_only,
+    "tive_instance_only": m_tive_instance_only,
+    "grad_norm": m_grad_norm,
+    "el2n": m_el2n,
+    "length": m_length,
+}
+
+
+def choose_subset(method: str, signals: Signals, budget: float, seed: int) -> np.ndarray:
+    """Positions (sorted) of the records `method` picks at `budget` (a fraction) with `seed`."""
+    if method not in METHODS:
+        raise TiveError(f"unknown method {method!r}; choose from {', '.join(METHODS)}")
+    k = budget_count(float(budget), len(signals.tasks))
+    chosen = METHODS[method](signals, k, seed)
+    if len(chosen) != k or len(set(chosen.tolist())) != k:
+        raise TiveError(f"method {method} chose {len(chosen)} records instead of {k}")  # a bug, not user input
+    return chosen
+
+
+def task_shares(signals: Signals, positions: Sequence[int]) -> dict[str, int]:
+    """How many of the chosen records each task got."""
+    counts = Counter(signals.tasks[int(p)] for p in positions)
+    return {task: counts.get(task, 0) for task in signals.task_sizes}
+
+
+__all__ = ["FULL", "METHODS", "Signals", "choose_subset", "task_shares", "split_budget"]

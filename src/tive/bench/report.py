@@ -1,0 +1,138 @@
+"""The bench's outputs for people: the paper-style table, the timing lines and the plot."""
+
+from __future__ import annotations
+
+from collections import defaultdict
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+ORDER = ("full", "random", "random_stratified", "tive", "tive_task_only", "tive_instance_only", "grad_norm", "el2n",
+         "length")
+
+
+def group_runs(results: dict[str, Any]) -> dict[tuple[str, float], list[dict[str, Any]]]:
+    """Runs grouped by (method, budget), in the table's order: full, then by budget, random before tive."""
+    groups: dict[tuple[str, float], list[dict[str, Any]]] = defaultdict(list)
+    for run in results["runs"]:
+        groups[(run["method"], float(run["budget"]))].append(run)
+    rank = {m: i for i, m in enumerate(ORDER)}
+    return dict(sorted(groups.items(), key=lambda kv: (kv[0][0] != "full", kv[0][1], rank.get(kv[0][0], 99),
+                                                       kv[0][0])))
+
+
+def _mean_std(values: list[float]) -> tuple[float, float]:
+    array = np.asarray(values, dtype=np.float64)
+    return float(array.mean()), float(array.std(ddof=1)) if len(array) > 1 else 0.0
+
+
+def summary_rows(results: dict[str, Any]) -> list[dict[str, Any]]:
+    """One row per (method, budget): mean and spread (sample std over seeds) per benchmark and on average."""
+    groups = group_runs(results)
+    full = [r["average"] for r in results["runs"] if r["method"] == "full"]
+    full_mean = float(np.mean(full)) if full else None
+    rows = []
+    for (method, budget), runs in groups.items():
+        row = {"method": method, "budget": budget, "seeds": len(runs), "scores": {}}
+        for name in results["benchmarks"]:
+            row["scores"][name] = _mean_std([r["scores"][name] for r in runs])
+        row["average"] = _mean_std([r["average"] for r in runs])
+        row["percent_of_full"] = 100.0 * row["average"][0] / full_mean if full_mean else None
+        rows.append(row)
+    return rows
+
+
+def summary_table(results: dict[str, Any]) -> str:
+    """A Markdown table like the paper's: benchmarks as columns, methods as rows, average and % of full."""
+    names = results["benchmarks"]
+    header = ["method", "budget", *names, "average", "% of full"]
+    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    for row in summary_rows(results):
+        cells = [row["method"], f"{row['budget'] * 100:g}%"]
+        cells += [f"{row['scores'][n][0]:.1f}" for n in names]
+        mean, std = row["average"]
+        cells.append(f"{mean:.1f} ± {std:.1f}" if row["seeds"] > 1 else f"{mean:.1f}")
+        cells.append(f"{row['percent_of_full']:.1f}" if row["percent_of_full"] is not None else "-")
+        lines.append("| " + " | ".join(cells) + " |")
+    seeds = max((row["seeds"] for row in summary_rows(results)), default=1)
+    lines.append("")
+    lines.append(f"Scores are accuracy (%) averaged over {seeds} seed(s); ± is the standard deviation of the average "
+                 "over seeds.")
+    return "\n".join(lines)
+
+
+def timing_lines(results: dict[str, Any]) -> list[str]:
+    """Where the time went: base model, selection (TIVE's stages once), training and evaluation."""
+    timing = results["timing"]
+    selection = timing["selection"]
+    tive_stages = sum(selection.get(k, 0.0) for k in ("prepare", "warmup", "features", "score"))
+    per_method: dict[tuple[str, float], list[float]] = defaultdict(list)
+    for run in results["runs"]:
+        per_method[(run["method"], float(run["budget"]))].append(run["train_seconds"])
+    lines = [
+        f"time: base model {timing['base_model_seconds']:.0f} s"
+        + (" (cached)" if timing.get("base_model_cached") else ""),
+        f"time: TIVE selection {tive_stages:.0f} s (warm-up {selection.get('warmup', 0):.0f} s, features "
+        f"{selection.get('features', 0):.0f} s, score {selection.get('score', 0):.0f} s); EL2N "
+        f"{selection.get('el2n', 0):.0f} s; choosing every subset {selection.get('choose_all_subsets', 0):.1f} s",
+    ]
+    full = per_method.get(("full", 1.0))
+    tive15 = per_method.get(("tive", 0.15))
+    if full:
+        text = f"time: training on the full data {np.mean(full):.0f} s per run"
+        if tive15:
+            text += f"; on TIVE's 15% {np.mean(tive15):.0f} s per run (+ selection {tive_stages:.0f} s once)"
+        lines.append(text)
+    training = timing["training"]
+    lines.append(
+        f"time: all {training['runs']} runs: training {training['train_seconds_total']:.0f} s, evaluation "
+        f"{training['eval_seconds_total']:.0f} s (CPU seconds summed over workers); wall {timing['wall_seconds']:.0f} s"
+    )
+    return lines
+
+
+def write_plot(results: dict[str, Any], path: Path) -> Path | None:
+    """Average score vs budget per method, with the spread over seeds; None when matplotlib is missing."""
+    try:
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError:
+        return None
+    rows = summary_rows(results)
+    fig, ax = plt.subplots(figsize=(8, 5))
+    full = [r for r in rows if r["method"] == "full"]
+    if full:
+        mean, std = full[0]["average"]
+        ax.axhline(mean, color="black", linestyle="--", label=f"full data ({mean:.1f})")
+        ax.axhspan(mean - std, mean + std, color="black", alpha=0.08)
+    by_method: dict[str, list[dict[str, Any]]] = defaultdict(list)
+    for row in rows:
+        if row["method"] != "full":
+            by_method[row["method"]].append(row)
+    markers = "os^vD<>ph*"
+    for k, (method, method_rows) in enumerate(sorted(by_method.items(), key=lambda kv: ORDER.index(kv[0])
+                                                     if kv[0] in ORDER else 99)):
+        method_rows.sort(key=lambda r: r["budget"])
+        x = np.array([r["budget"] * 100 for r in method_rows])
+        y = np.array([r["average"][0] for r in method_rows])
+        e = np.array([r["average"][1] for r in method_rows])
+        offset = (k - len(by_method) / 2) * 0.12 if len(method_rows) == 1 else 0.0
+        ax.errorbar(x + offset, y, yerr=e, marker=markers[k % len(markers)], capsize=3,
+                    linestyle="-" if len(method_rows) > 1 else "none", label=method)
+    ax.set_xscale("log")
+    budgets = sorted({r["budget"] * 100 for r in rows})
+    ax.set_xticks(budgets)
+    ax.set_xticklabels([f"{b:g}%" for b in budgets])
+    ax.set_xlabel("budget (share of the training records)")
+    ax.set_ylabel(f"average accuracy over {len(results['benchmarks'])} benchmarks (%)")
+    ax.set_title("tive bench: average vs budget (error bars: std over seeds)")
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8, loc="lower right")
+    fig.tight_layout()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+    return path

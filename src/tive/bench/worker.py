@@ -1,0 +1,74 @@
+"""One training run of the bench: fine-tune a fresh copy of the base model on a subset, evaluate every benchmark.
+
+Runs in a worker process (or in the calling process with one worker). A worker loads the base model and the
+pre-encoded records once (`init`), then serves jobs; each job is independent and seeded, so the result of a
+job does not depend on which worker ran it or in what order.
+"""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+from typing import Any
+
+_STATE: dict[str, Any] = {}
+
+
+def init(cache_path: str, base_dir: str, threads: int) -> None:
+    """Load the base model and the encoded training items and prompts (once per worker)."""
+    import torch
+
+    from tive.model.loading import load_base
+
+    torch.set_num_threads(max(1, threads))
+    model, processor = load_base(Path(base_dir))
+    data = torch.load(cache_path, weights_only=False)
+    _STATE.update(model=model, processor=processor, items=data["items"], benchmarks=data["benchmarks"])
+
+
+def evaluate(model: Any, processor: Any, benchmarks: list[dict[str, Any]]) -> dict[str, float]:
+    """Accuracy (%) of greedy answers on each benchmark."""
+    from tive.bench.metrics import score
+    from tive.bench.model import generate
+
+    scores = {}
+    for bench in benchmarks:
+        answers = generate(model, processor, bench["prompts"])
+        correct = sum(score(m, a, r) for m, a, r in zip(bench["metrics"], answers, bench["references"]))
+        scores[bench["name"]] = 100.0 * correct / len(answers)
+    return scores
+
+
+def run_job(job: dict[str, Any]) -> dict[str, Any]:
+    """Fine-tune on job['positions'] with job['recipe'] and job['seed']; evaluate; return scores and timings."""
+    import torch
+
+    from tive.bench.model import fresh_copy, train_model
+
+    model = fresh_copy(_STATE["model"])
+    items = [_STATE["items"][int(p)] for p in job["positions"]]
+    from tive.bench.model import Recipe
+
+    recipe = Recipe(**job["recipe"])
+    started = time.perf_counter()
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(job["seed"])
+        losses = train_model(model, _STATE["processor"], items, steps=recipe.total_steps(len(items)),
+                             batch_size=recipe.batch_size, learning_rate=recipe.learning_rate, seed=job["seed"],
+                             freeze_vision=recipe.freeze_vision)
+    trained = time.perf_counter()
+    scores = evaluate(model, _STATE["processor"], _STATE["benchmarks"])
+    done = time.perf_counter()
+    return {
+        "method": job["method"],
+        "budget": job["budget"],
+        "seed": job["seed"],
+        "records": len(items),
+        "steps": len(losses),
+        "loss_last": float(sum(losses[-10:]) / len(losses[-10:])),
+        "scores": scores,
+        "average": sum(scores.values()) / len(scores),
+        "train_seconds": round(trained - started, 2),
+        "eval_seconds": round(done - trained, 2),
+        "key": job["key"],
+    }

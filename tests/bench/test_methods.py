@@ -1,0 +1,85 @@
+"""Every method picks exactly the same number of records at a budget, without duplicates, reproducibly."""
+
+from __future__ import annotations
+
+from collections import Counter
+
+import numpy as np
+import pytest
+
+from tive.bench.methods import METHODS, Signals, choose_subset, task_shares
+from tive.bench.runner import Plan, plan_jobs
+from tive.errors import TiveError
+from tive.select import budget_count
+
+
+def _signals(n: int = 997, seed: int = 0) -> Signals:
+    rng = np.random.default_rng(seed)
+    names = ["big", "mid", "small", "hard"]
+    tasks = [names[i] for i in rng.choice(4, size=n, p=[0.5, 0.25, 0.15, 0.10])]
+    norms = rng.gamma(2.0, 1.0, size=n) * np.array([{"big": 1, "mid": 1.5, "small": 2, "hard": 6}[t] for t in tasks])
+    t_values = {t: float(norms[[i for i, x in enumerate(tasks) if x == t]].mean()) for t in names}
+    return Signals(tasks=tasks, grad_norms=norms, values=rng.uniform(-1, 1, n), task_values=t_values,
+                   el2n=rng.uniform(0, 1.4, n), answer_tokens=rng.integers(1, 60, n))
+
+
+@pytest.mark.parametrize("budget", [0.05, 0.1, 0.15, 0.3])
+def test_equal_budget_no_duplicates(budget: float) -> None:
+    signals = _signals()
+    k = budget_count(budget, len(signals.tasks))
+    for method in METHODS:
+        for seed in (0, 1, 2):
+            chosen = choose_subset(method, signals, budget, seed)
+            assert len(chosen) == k, method
+            assert len(set(chosen.tolist())) == k, method
+            assert chosen.min() >= 0 and chosen.max() < len(signals.tasks)
+
+
+def test_reproducible_and_seeded() -> None:
+    signals = _signals()
+    for method in METHODS:
+        a = choose_subset(method, signals, 0.15, 4)
+        assert np.array_equal(a, choose_subset(method, signals, 0.15, 4))
+    assert not np.array_equal(choose_subset("random", signals, 0.15, 0), choose_subset("random", signals, 0.15, 1))
+    assert not np.array_equal(choose_subset("tive", signals, 0.15, 0), choose_subset("tive", signals, 0.15, 1))
+
+
+def test_task_shares_follow_each_method() -> None:
+    signals = _signals()
+    k = budget_count(0.15, len(signals.tasks))
+    proportional = {t: k * n / len(signals.tasks) for t, n in signals.task_sizes.items()}
+    for method in ("random_stratified", "tive_instance_only"):
+        shares = task_shares(signals, choose_subset(method, signals, 0.15, 0))
+        assert all(abs(shares[t] - proportional[t]) <= 1 for t in shares), method
+    tive_shares = task_shares(signals, choose_subset("tive", signals, 0.15, 0))
+    assert tive_shares == task_shares(signals, choose_subset("tive_task_only", signals, 0.15, 0))
+    assert tive_shares["hard"] > proportional["hard"] + 5  # the high-gradient task gets more than its share
+
+
+def test_heuristics_take_the_top() -> None:
+    signals = _signals()
+    chosen = choose_subset("grad_norm", signals, 0.1, 0)
+    assert signals.grad_norms[chosen].min() >= np.sort(signals.grad_norms)[-len(chosen)]
+    chosen = choose_subset("el2n", signals, 0.1, 0)
+    assert signals.el2n[chosen].min() >= np.sort(signals.el2n)[-len(chosen)]
+
+
+def test_plan_gives_equal_sizes_per_budget() -> None:
+    signals = _signals()
+    jobs = plan_jobs(Plan(), signals)
+    sizes: dict[float, set[int]] = {}
+    for job in jobs:
+        sizes.setdefault(job["budget"], set()).add(len(job["positions"]))
+    assert all(len(s) == 1 for s in sizes.values())
+    assert sizes[1.0] == {len(signals.tasks)}
+    count = Counter((job["method"], job["budget"]) for job in jobs)
+    assert all(v == 3 for v in count.values())  # three seeds for every method
+    assert {m for m, _ in count} == set(METHODS) | {"full"}
+
+
+def test_bad_inputs() -> None:
+    with pytest.raises(TiveError, match="unknown method"):
+        choose_subset("best", _signals(), 0.1, 0)
+    with pytest.raises(TiveError, match="shape"):
+        Signals(tasks=["a", "b"], grad_norms=np.ones(3), values=np.ones(2), task_values={"a": 1.0, "b": 1.0},
+                el2n=np.ones(2), answer_tokens=np.ones(2))

@@ -1,0 +1,23 @@
+"""`tive bench --quick` end to end, as CI runs it (about 1.5 minutes on 2 idle cores)."""
+
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+
+import pytest
+
+from tive.bench.cli import add_parser, main
+
+
+@pytest.mark.timeout(900)
+def test_quick_bench(tmp_path: Path) -> None:
+    parser = argparse.ArgumentParser(prog="tive")
+    add_parser(parser.add_subparsers(dest="command"))
+    assert main(parser.parse_args(["bench", "--out", str(tmp_path), "--quick", "--world-seed", "5"])) == 0
+    results = json.loads((tmp_path / "results.json").read_text())
+    methods = {run["method"] for run in results["runs"]}
+    assert {"full", "random", "tive", "random_stratified", "tive_task_only", "tive_instance_only", "grad_norm",
+            "el2n", "length"} == methods
+    assert (tmp_path / "results.png").stat().st_size > 1000

@@ -1,0 +1,82 @@
+"""The built-in world: deterministic from its seed, in the format a user would give, held-out benchmarks."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from collections import Counter
+from pathlib import Path
+
+import pytest
+
+from tive.bench.evalsets import load_benchmarks
+from tive.bench.metrics import METRICS, parse_box, option_letter
+from tive.bench.world import BENCHMARKS, WORLD_TASKS, WorldSizes, write_world
+from tive.data import assign_tasks, check_images, load_dataset
+from tive.errors import TiveError
+
+SIZES = WorldSizes(train=300, align=40, eval=12)
+
+
+def _digest(folder: Path) -> str:
+    digest = hashlib.sha256()
+    for path in sorted(p for p in folder.rglob("*") if p.is_file()):
+        digest.update(path.relative_to(folder).as_posix().encode())
+        digest.update(path.read_bytes())
+    return digest.hexdigest()
+
+
+@pytest.fixture(scope="module")
+def world(tmp_path_factory: pytest.TempPathFactory) -> dict:
+    return write_world(tmp_path_factory.mktemp("world") / "w", seed=3, sizes=SIZES)
+
+
+def test_same_seed_same_bytes_other_seed_differs(world: dict, tmp_path: Path) -> None:
+    again = write_world(tmp_path / "again", seed=3, sizes=SIZES)
+    other = write_world(tmp_path / "other", seed=4, sizes=SIZES)
+    first = Path(world["train"]).parent
+    assert _digest(first) == _digest(Path(again["train"]).parent)
+    assert Path(first / "train.json").read_bytes() != Path(other["train"]).read_bytes()
+
+
+def test_train_is_a_llava_mix_with_a_task_field(world: dict) -> None:
+    dataset = load_dataset(world["train"])
+    assert len(dataset.records) == SIZES.train
+    assign_tasks(dataset, task_field="dataset")
+    check_images(dataset, world["images"])
+    tasks = Counter(record.task for record in dataset.records)
+    assert set(tasks) == {t.name for t in WORLD_TASKS}
+    assert 8 <= len(tasks) <= 10
+    assert tasks.most_common(1)[0][0] == "llava_instruct"  # imbalanced like LLaVA-665K
+    assert any(not record.images for record in dataset.records)  # text-only chat
+    assert any(len(record.turns) > 2 for record in dataset.records)  # multi-turn
+
+
+def test_benchmarks_are_eval_files_with_metrics(world: dict) -> None:
+    assert len(world["eval"]) >= 5 and set(world["eval"]) == set(BENCHMARKS)
+    benchmarks = load_benchmarks([Path(p) for p in world["eval"].values()], world["images"])
+    used = set()
+    for bench in benchmarks:
+        raw = json.loads(bench.path.read_text())
+        assert len(raw) == SIZES.eval
+        for record, reference, metric in zip(raw, bench.references, bench.metrics):
+            assert record["metric"] in METRICS and record["metric"] == metric
+            assert record["conversations"][-1]["from"] == "gpt"
+            assert reference == record["conversations"][-1]["value"]
+            if metric == "iou":
+                assert parse_box(reference) is not None
+            if metric == "option":
+                assert option_letter(reference) is not None
+            used.add(metric)
+    assert used == set(METRICS)
+
+
+def test_benchmark_images_are_not_training_images(world: dict) -> None:
+    train = {r.get("image") for r in json.loads(Path(world["train"]).read_text())}
+    for path in world["eval"].values():
+        assert not train & {r.get("image") for r in json.loads(Path(path).read_text())}
+
+
+def test_another_world_in_the_same_folder_is_refused(world: dict) -> None:
+    with pytest.raises(TiveError, match="other settings"):
+        write_world(Path(world["train"]).parent, seed=4, sizes=SIZES)
