@@ -1,0 +1,1 @@
+"""`tive bench`: a CPU miniature of the paper's experiment (world, base model, methods, training, report)."""
