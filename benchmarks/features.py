@@ -60,18 +60,14 @@ def worker(run_dir: Path, config: str, proj_dim: int, batch_size: int, result_pa
     from tive.features.grads import BatchedGradients, record_gradient
     from tive.features.projection import make_projector
     from tive.model.encode import answer_loss_per_record, collate, encode_record
-    from tive.model.loading import load_with_adapter, lora_parameters
+    from tive.model.loading import load_with_adapter, lora_gradients_only
     from tive.rundir import load_prepared
 
     dataset, _ = load_prepared(run_dir)
     records = [r for r in dataset.records if r.ok]
     model, processor = load_with_adapter(run_dir / "base_model", run_dir / "warmup" / "adapter", "cpu")
-    for p in model.parameters():
-        p.requires_grad_(False)
-    named = lora_parameters(model)
+    named = lora_gradients_only(model)
     params = [p for _, p in named]
-    for p in params:
-        p.requires_grad_(True)
     pad = processor.tokenizer.pad_token_id
     encoded = [encode_record(processor, r) for r in records]
     grad_dim = sum(p.numel() for p in params)

@@ -15,7 +15,7 @@ from tive.errors import TiveError
 from tive.features.grads import BatchedGradients, record_gradient
 from tive.features.projection import PROJECTORS, DenseProjector, SparseJLProjector, make_projector
 from tive.model.encode import collate, encode_record
-from tive.model.loading import load_with_adapter, lora_parameters
+from tive.model.loading import load_with_adapter, lora_gradients_only
 from tive.rundir import load_prepared
 from tive.stages import run_features
 
@@ -23,11 +23,7 @@ from tive.stages import run_features
 def test_record_gradient_is_the_gradient_of_the_mean_answer_loss(small_run: Path):
     """Checked against transformers' own loss (mean cross-entropy over labelled tokens) and .backward()."""
     model, processor = load_with_adapter(small_run / "base_model", small_run / "warmup" / "adapter", "cpu")
-    params = [p for _, p in lora_parameters(model)]
-    for p in model.parameters():
-        p.requires_grad_(False)
-    for p in params:
-        p.requires_grad_(True)
+    params = [p for _, p in lora_gradients_only(model)]
     dataset, _ = load_prepared(small_run)
     for record in dataset.records[:3]:
         inputs = collate([encode_record(processor, record)], processor.tokenizer.pad_token_id)
@@ -42,11 +38,7 @@ def test_record_gradient_is_the_gradient_of_the_mean_answer_loss(small_run: Path
 
 def _trained_reference(small_run: Path):
     model, processor = load_with_adapter(small_run / "base_model", small_run / "warmup" / "adapter", "cpu")
-    for p in model.parameters():
-        p.requires_grad_(False)
-    named = lora_parameters(model)
-    for _, p in named:
-        p.requires_grad_(True)
+    named = lora_gradients_only(model)
     return model, processor, named
 
 
@@ -95,11 +87,7 @@ def test_batched_gradients_equal_loop_with_lora_on_attention_and_mlp(small_run: 
         torch.manual_seed(0)
         model = get_peft_model(base, config)
     model.eval()
-    for p in model.parameters():
-        p.requires_grad_(False)
-    named = lora_parameters(model)
-    for _, p in named:
-        p.requires_grad_(True)
+    named = lora_gradients_only(model)
     assert len(named) == 2 * 7 * 2  # A and B, 7 modules, 2 layers
     _, encoded = _mixed_batch(small_run, processor)
     _assert_batched_equals_loop(model, processor, named, encoded)

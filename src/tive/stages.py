@@ -378,7 +378,7 @@ def run_features(run_dir: Path | str, options: FeaturesOptions) -> dict[str, Any
         checkpoint_in_eval,
         enable_gradient_checkpointing,
         load_with_adapter,
-        lora_parameters,
+        lora_gradients_only,
         model_fingerprint,
         resolve_device,
     )
@@ -405,12 +405,8 @@ def run_features(run_dir: Path | str, options: FeaturesOptions) -> dict[str, Any
     if options.gradient_checkpointing:
         enable_gradient_checkpointing(model)
         checkpoint_in_eval(model)
-    for param in model.parameters():
-        param.requires_grad_(False)
-    named_params = lora_parameters(model)
+    named_params = lora_gradients_only(model)
     params = [p for _, p in named_params]
-    for param in params:
-        param.requires_grad_(True)
     grad_dim = sum(p.numel() for p in params)
     projector = make_projector(options.projector, grad_dim, options.proj_dim, options.proj_seed, device)
     meta = {

@@ -28,6 +28,7 @@ from tive.model.loading import (
     language_model_prefix,
     load_base,
     load_processor,
+    lora_gradients_only,
     lora_parameters,
 )
 
@@ -146,12 +147,8 @@ def test_batched_gradients_equal_the_loop_also_with_gradient_checkpointing(arch,
         torch.manual_seed(0)
         model = get_peft_model(base, config)
     model.eval()
-    for p in model.parameters():
-        p.requires_grad_(False)
-    named = lora_parameters(model)
+    named = lora_gradients_only(model)
     params = [p for _, p in named]
-    for p in params:
-        p.requires_grad_(True)
     encoded = [encode_record(processor, record) for record, _ in records.values()]
     assert len({len(e["input_ids"]) for e in encoded}) > 1  # padding happens
     pad = processor.tokenizer.pad_token_id

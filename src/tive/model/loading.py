@@ -345,5 +345,18 @@ def lora_parameters(model: Any) -> list[tuple[str, Any]]:
     return params
 
 
+def lora_gradients_only(model: Any) -> list[tuple[str, Any]]:
+    """Freeze every parameter except the LoRA matrices; returns them as `lora_parameters` does.
+
+    Gradient features are taken with respect to the LoRA matrices only, so nothing else needs a gradient.
+    """
+    for param in model.parameters():
+        param.requires_grad_(False)
+    named = lora_parameters(model)
+    for _, param in named:
+        param.requires_grad_(True)
+    return named
+
+
 def adapter_settings_json(adapter_dir: Path) -> dict[str, Any]:
     return json.loads((adapter_dir / "adapter_config.json").read_text())
