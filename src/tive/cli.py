@@ -86,9 +86,9 @@ def main(argv: list[str] | None = None) -> int:
                 *(options_from_args(cls, args) for cls in STAGES),
             )
         elif args.command == "bench":
-            from tive.bench.cli import main as bench_main
+            from tive.bench.cli import run as run_bench
 
-            return bench_main(args)
+            run_bench(args)
         elif args.command == "demo":
             from tive.demo import run_demo
 

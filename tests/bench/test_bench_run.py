@@ -62,16 +62,10 @@ def test_rerun_resumes_without_training(bench: tuple[Path, dict]) -> None:
 
 
 def test_user_data_errors(tmp_path: Path) -> None:
-    from tive.bench.cli import add_parser, main
-    import argparse
+    from tive.cli import main
 
-    parser = argparse.ArgumentParser()
-    add_parser(parser.add_subparsers(dest="command"))
-    args = parser.parse_args(["bench", "--out", str(tmp_path / "o"), "--eval", "x.json"])
-    assert main(args) == 2
+    assert main(["bench", "--out", str(tmp_path / "o"), "--eval", "x.json"]) == 2
     data = tmp_path / "train.json"
     data.write_text("[]")
-    args = parser.parse_args(["bench", "--out", str(tmp_path / "o"), "--train", str(data)])
-    assert main(args) == 2
-    args = parser.parse_args(["bench", "--out", str(tmp_path / "o"), "--budgets", "0.1,abc"])
-    assert main(args) == 2
+    assert main(["bench", "--out", str(tmp_path / "o"), "--train", str(data)]) == 2
+    assert main(["bench", "--out", str(tmp_path / "o"), "--budgets", "0.1,abc"]) == 2

@@ -2,20 +2,17 @@
 
 from __future__ import annotations
 
-import argparse
 import json
 from pathlib import Path
 
 import pytest
 
-from tive.bench.cli import add_parser, main
+from tive.cli import main
 
 
 @pytest.mark.timeout(900)
 def test_quick_bench(tmp_path: Path) -> None:
-    parser = argparse.ArgumentParser(prog="tive")
-    add_parser(parser.add_subparsers(dest="command"))
-    assert main(parser.parse_args(["bench", "--out", str(tmp_path), "--quick", "--world-seed", "5"])) == 0
+    assert main(["bench", "--out", str(tmp_path), "--quick", "--world-seed", "5"]) == 0
     results = json.loads((tmp_path / "results.json").read_text())
     methods = {run["method"] for run in results["runs"]}
     assert {"full", "random", "tive", "random_stratified", "tive_task_only", "tive_instance_only", "grad_norm",

@@ -1,10 +1,9 @@
-"""`tive bench`: the command line. Wire it into tive's CLI with `add_parser(subparsers)` and `main(args)`."""
+"""`tive bench`: its subcommand (`add_parser`) and the function tive's CLI calls with the parsed arguments (`run`)."""
 
 from __future__ import annotations
 
 import argparse
 import os
-import sys
 from dataclasses import replace
 from pathlib import Path
 
@@ -70,20 +69,8 @@ def _budgets(text: str) -> tuple[float, ...]:
     return tuple(sorted(set(values)))
 
 
-def main(args: argparse.Namespace) -> int:
-    """Run the bench from parsed arguments; errors a user can cause become a message and exit status 2."""
-    try:
-        run(args)
-    except TiveError as exc:
-        print(f"tive: error: {exc}", file=sys.stderr)
-        return 2
-    except KeyboardInterrupt:
-        print("tive: interrupted; rerun the same command to resume", file=sys.stderr)
-        return 130
-    return 0
-
-
 def run(args: argparse.Namespace) -> dict:
+    """Run the bench from parsed arguments (tive's CLI turns a TiveError into a message and exit status 2)."""
     from tive.bench.model import BaseSettings, Recipe
     from tive.bench.runner import (
         DEFAULT_SIZES,
