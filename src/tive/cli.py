@@ -1,11 +1,19 @@
-"""Command line: parse arguments, call the stage functions, print errors without tracebacks."""
+"""Command line: parse arguments, call the stage functions, print errors without tracebacks.
+
+Table-driven: every subcommand is declared once in `COMMANDS` (its name, help, positional arguments, the option
+dataclasses its flags come from and its handler); `build_parser` registers each handler on its subparser with
+`set_defaults(func=...)` and `main` calls it. A new subcommand or flag needs no change to `main`.
+"""
 
 from __future__ import annotations
 
 import argparse
 import logging
 import sys
+from collections.abc import Callable
+from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 from tive import __version__
 from tive.config import (
@@ -20,6 +28,104 @@ from tive.errors import TiveError
 
 STAGES = (PrepareOptions, WarmupOptions, FeaturesOptions, SelectOptions)
 
+_DATA_HELP = "the dataset: JSON / JSONL file, Parquet file or `datasets` save_to_disk directory"
+_RUN_DIR_HELP = "run directory made by `tive prepare`"
+
+
+def _prepare(args: argparse.Namespace) -> Any:
+    from tive.stages import run_prepare
+
+    return run_prepare(args.data, args.out, options_from_args(PrepareOptions, args))
+
+
+def _warmup(args: argparse.Namespace) -> Any:
+    from tive.stages import run_warmup
+
+    return run_warmup(args.run_dir, options_from_args(WarmupOptions, args))
+
+
+def _features(args: argparse.Namespace) -> Any:
+    from tive.stages import run_features
+
+    return run_features(args.run_dir, options_from_args(FeaturesOptions, args))
+
+
+def _score(args: argparse.Namespace) -> Any:
+    from tive.stages import run_score
+
+    return run_score(args.run_dir)
+
+
+def _select(args: argparse.Namespace) -> Any:
+    from tive.stages import run_select
+
+    return run_select(args.run_dir, options_from_args(SelectOptions, args))
+
+
+def _run(args: argparse.Namespace) -> Any:
+    from tive.stages import run_all
+
+    return run_all(args.data, args.out, *(options_from_args(cls, args) for cls in STAGES))
+
+
+def _demo(args: argparse.Namespace) -> Any:
+    from tive.demo import run_demo
+
+    return run_demo(Path(args.out), records=args.records, budget=args.budget, seed=args.seed)
+
+
+def _bench(args: argparse.Namespace) -> Any:
+    from tive.bench.cli import run
+
+    return run(args)
+
+
+@dataclass(frozen=True)
+class Command:
+    """One subcommand: its flags come from `options` (dataclasses) and `arguments` (extra argparse calls)."""
+
+    name: str
+    help: str
+    handler: Callable[[argparse.Namespace], Any]
+    arguments: tuple[tuple[tuple[str, ...], dict[str, Any]], ...] = ()
+    options: tuple[type, ...] = ()
+    build: Callable[[Any], argparse.ArgumentParser] | None = field(default=None)
+
+
+def _positional(name: str, help: str) -> tuple[tuple[str, ...], dict[str, Any]]:
+    return (name,), {"help": help}
+
+
+_OUT_NEW = (("--out",), {"required": True, "help": "run directory (created)"})
+
+
+def _bench_parser(subparsers: Any) -> argparse.ArgumentParser:
+    from tive.bench.cli import add_parser
+
+    return add_parser(subparsers)
+
+
+COMMANDS: tuple[Command, ...] = (
+    Command("run", "run every stage: prepare, warmup, features, score, select", _run,
+            (_positional("data", _DATA_HELP), _OUT_NEW), STAGES),
+    Command("demo", "build the offline demo dataset and run the whole pipeline on it", _demo, (
+        (("--out",), {"default": "tive-demo", "help": "folder for the demo data and run (default: tive-demo)"}),
+        (("--records",), {"type": int, "default": 1200, "help": "demo dataset size (default: 1200)"}),
+        (("--budget",), {"default": "0.15", "help": "subset size (default: 0.15)"}),
+        (("--seed",), {"type": int, "default": 0, "help": "seed of the data, model and selection (default: 0)"}),
+    )),
+    Command("bench", "", _bench, build=_bench_parser),
+    Command("prepare", "read, validate and group the input into tasks", _prepare,
+            (_positional("data", _DATA_HELP), _OUT_NEW), (PrepareOptions,)),
+    Command("warmup", "LoRA warm-up of the base model: the reference model", _warmup,
+            (_positional("run_dir", _RUN_DIR_HELP),), (WarmupOptions,)),
+    Command("features", "per-record projected LoRA gradients and their norms", _features,
+            (_positional("run_dir", _RUN_DIR_HELP),), (FeaturesOptions,)),
+    Command("score", "task values and instance values", _score, (_positional("run_dir", _RUN_DIR_HELP),)),
+    Command("select", "budgeted selection; writes the subset, manifest and tasks.json", _select,
+            (_positional("run_dir", _RUN_DIR_HELP),), (SelectOptions,)),
+)
+
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
@@ -28,71 +134,24 @@ def build_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument("--version", action="version", version=f"tive {__version__}")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
-
-    run = sub.add_parser("run", help="run every stage: prepare, warmup, features, score, select")
-    run.add_argument("data", help="LLaVA-format JSON (a list of records) or JSONL file")
-    run.add_argument("--out", required=True, help="run directory (created)")
-    for cls in STAGES:
-        add_options(run, cls)
-
-    demo = sub.add_parser("demo", help="build the offline demo dataset and run the whole pipeline on it")
-    demo.add_argument("--out", default="tive-demo", help="folder for the demo data and run (default: tive-demo)")
-    demo.add_argument("--records", type=int, default=1200, help="demo dataset size (default: 1200)")
-    demo.add_argument("--budget", default="0.15", help="subset size (default: 0.15)")
-    demo.add_argument("--seed", type=int, default=0, help="seed of the data, model and selection (default: 0)")
-
-    from tive.bench.cli import add_parser as add_bench_parser
-
-    add_bench_parser(sub)
-
-    prepare = sub.add_parser("prepare", help="read, validate and group the input into tasks")
-    prepare.add_argument("data", help="LLaVA-format JSON (a list of records) or JSONL file")
-    prepare.add_argument("--out", required=True, help="run directory (created)")
-    add_options(prepare, PrepareOptions)
-
-    for name, cls, text in (
-        ("warmup", WarmupOptions, "LoRA warm-up of the base model: the reference model"),
-        ("features", FeaturesOptions, "per-record projected LoRA gradients and their norms"),
-        ("score", None, "task values and instance values"),
-        ("select", SelectOptions, "budgeted selection; writes the subset, manifest and tasks.json"),
-    ):
-        stage = sub.add_parser(name, help=text)
-        stage.add_argument("run_dir", help="run directory made by `tive prepare`")
-        if cls is not None:
-            add_options(stage, cls)
+    for command in COMMANDS:
+        if command.build is not None:
+            stage = command.build(sub)
+        else:
+            stage = sub.add_parser(command.name, help=command.help)
+            for flags, kwargs in command.arguments:
+                stage.add_argument(*flags, **kwargs)
+            for cls in command.options:
+                add_options(stage, cls)
+        stage.set_defaults(func=command.handler)
     return parser
 
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     logging.getLogger("tive").setLevel(logging.INFO)
-    from tive import stages
-
     try:
-        if args.command == "prepare":
-            stages.run_prepare(args.data, args.out, options_from_args(PrepareOptions, args))
-        elif args.command == "warmup":
-            stages.run_warmup(args.run_dir, options_from_args(WarmupOptions, args))
-        elif args.command == "features":
-            stages.run_features(args.run_dir, options_from_args(FeaturesOptions, args))
-        elif args.command == "score":
-            stages.run_score(args.run_dir)
-        elif args.command == "select":
-            stages.run_select(args.run_dir, options_from_args(SelectOptions, args))
-        elif args.command == "run":
-            stages.run_all(
-                args.data,
-                args.out,
-                *(options_from_args(cls, args) for cls in STAGES),
-            )
-        elif args.command == "bench":
-            from tive.bench.cli import run as run_bench
-
-            run_bench(args)
-        elif args.command == "demo":
-            from tive.demo import run_demo
-
-            run_demo(Path(args.out), records=args.records, budget=args.budget, seed=args.seed)
+        args.func(args)
     except TiveError as exc:
         print(f"tive: error: {exc}", file=sys.stderr)
         return 2

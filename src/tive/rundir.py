@@ -36,6 +36,10 @@ TASKS_FILE = "tasks.json"
 LOG_FILE = "tive.log"
 BASE_MODEL_DIR = "base_model"
 WARMUP_DIR = "warmup"
+WARMUP_MARKER = "warmup.json"
+TRAIN_LOG = "train_log.jsonl"
+ADAPTER_DIR = "adapter"
+ADAPTER_WEIGHTS = "adapter_model.safetensors"
 FEATURES_DIR = "features"
 
 MANIFEST_FIELDS = ("index", "id", "task", "status", "grad_norm", "value", "selected")

@@ -1,0 +1,58 @@
+"""`tive prepare`: read and validate the input, assign tasks, check images; write manifest.jsonl and prepare.json."""
+
+from __future__ import annotations
+
+from collections import Counter
+from dataclasses import asdict
+from pathlib import Path
+from typing import Any
+
+from tive.config import PrepareOptions
+from tive.data import assign_tasks, check_images, load_dataset
+from tive.data.formats import dataset_sha256
+from tive.errors import TiveError
+from tive.io import read_json, write_json
+from tive.rundir import PREPARE_FILE, open_run_dir, write_manifest
+from tive.stages.common import say
+
+
+def run_prepare(data: Path | str, run_dir: Path | str, options: PrepareOptions) -> dict[str, Any]:
+    """Read and validate the input, assign tasks, check images; write manifest.jsonl and prepare.json."""
+    data = Path(data).resolve()
+    run_dir = open_run_dir(run_dir, create=True)
+    dataset = load_dataset(data)
+    message = assign_tasks(dataset, task_field=options.task_field, task_rules=options.task_rules)
+    check_images(dataset, options.images, on_missing=options.on_missing_image)
+    info = {
+        "data": str(data),
+        "data_sha256": dataset_sha256(data),
+        "format": dataset.format,
+        "images": str(Path(options.images).resolve()) if options.images else None,
+        "options": asdict(options),
+        "records": len(dataset.records),
+        "ok": sum(record.ok for record in dataset.records),
+        "tasks": dict(sorted(Counter(record.task for record in dataset.records).items())),
+    }
+    info_path = run_dir / PREPARE_FILE
+    if info_path.is_file():
+        old = read_json(info_path)
+        if (old["data_sha256"], old["options"]) == (info["data_sha256"], info["options"]):
+            say(f"prepare: {run_dir} already prepared from this input with these options; nothing to do")
+            return old
+        raise TiveError(
+            f"{run_dir}: already prepared from another input or with other options; use a new --out directory"
+        )
+    rows = [
+        {"index": r.index, "id": r.record_id, "task": r.task, "status": r.status} for r in dataset.records
+    ]
+    write_manifest(run_dir, rows)
+    write_json(info_path, info)  # last: prepare's completion marker
+    skipped = info["records"] - info["ok"]
+    say(f"prepare: {message}")
+    say(
+        f"prepare: {info['records']} records from {data.name} ({dataset.format}), {info['ok']} ok"
+        + (f", {skipped} skipped (see status in manifest.jsonl)" if skipped else "")
+    )
+    return info
+
+
