@@ -23,7 +23,7 @@ def small_data(tmp_path_factory: pytest.TempPathFactory) -> Path:
 def small_options(data: Path) -> tuple[PrepareOptions, WarmupOptions, FeaturesOptions, SelectOptions]:
     return (
         PrepareOptions(images=str(data.parent / "images"), task_field="dataset"),
-        WarmupOptions(seed=1, epochs=2),
+        WarmupOptions(model="tiny", seed=1, epochs=2),
         FeaturesOptions(proj_dim=SMALL_PROJ_DIM, chunk_size=32),
         SelectOptions(budget="0.2", seed=5),
     )

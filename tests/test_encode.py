@@ -142,11 +142,12 @@ def test_labels_are_found_by_characters_when_a_turn_boundary_merges_tokens(proce
         encoded = encode_record(processor, record)
     finally:
         processor.chat_template = original
-    assert [run.strip() for run in labelled_text(processor, encoded)] == ["red", "3"]
+    # The template closes no answer, so the tokenizer's EOS follows each one (LLaVA-1.5's training format).
+    assert [run.strip() for run in labelled_text(processor, encoded)] == ["red</s>", "3</s>"]
 
 
-def test_truncation_cuts_the_end_counts_records_and_never_cuts_images(processor, image):
-    from tive.model.encode import encode_records, image_token_ids, truncate_encoded
+def test_truncation_cuts_the_end_and_never_cuts_images(processor, image):
+    from tive.model.encode import Encoder, RecordError, image_token_ids, truncate_encoded
 
     short = make_record([{"from": "human", "value": "Hi"}, {"from": "gpt", "value": "3"}])
     late_answer = make_record(
@@ -158,14 +159,22 @@ def test_truncation_cuts_the_end_counts_records_and_never_cuts_images(processor,
     last_image = int((full[1]["input_ids"] == min(image_ids)).nonzero().max())
     max_length = last_image + 2  # the images fit, the answer does not
     assert len(full[0]["input_ids"]) <= max_length < int((full[1]["labels"] != IGNORE_INDEX).nonzero().min())
-    encoded = encode_records(processor, [short, late_answer], max_length)
-    assert encoded.truncated == [1] and encoded.no_answer == [1]
-    assert encoded.items[0]["input_ids"].tolist() == full[0]["input_ids"].tolist()
-    cut = encoded.items[1]
+    encoder = Encoder(processor, max_length)
+    kept = encoder.encode(short)
+    assert not kept.truncated and kept.inputs["input_ids"].tolist() == full[0]["input_ids"].tolist()
+    # Cut to where no answer token is left: the record cannot be learnt from at this length, said per record.
+    with pytest.raises(RecordError, match="no answer token within --max-length") as caught:
+        encoder.encode(late_answer)
+    assert caught.value.index == late_answer.index and caught.value.field == "conversations"
+    cut = truncate_encoded(full[1], max_length, image_ids, late_answer)
     assert all(len(cut[key]) == max_length for key in ("input_ids", "attention_mask", "labels"))
     assert torch.equal(cut["pixel_values"], full[1]["pixel_values"])
-    with pytest.raises(TiveError, match="field 'image': its image tokens run to position .* past --max-length"):
+    answer_start = int((full[1]["labels"] != IGNORE_INDEX).nonzero().min())
+    partly = Encoder(processor, answer_start + 1).encode(late_answer)
+    assert partly.truncated and int((partly.inputs["labels"] != IGNORE_INDEX).sum()) == 1
+    with pytest.raises(RecordError, match="image tokens run to position .* past --max-length") as caught:
         truncate_encoded(full[1], last_image, image_ids, late_answer)
+    assert caught.value.field == "image"
 
 
 def test_collate_zero_pads_per_image_tensors_of_different_shapes():

@@ -154,28 +154,42 @@ def _copy_run(small_run: Path, tmp_path: Path) -> Path:
     return run
 
 
-def test_features_resume_redoes_only_missing_chunks_and_is_byte_identical(small_run: Path, tmp_path: Path):
-    run = _copy_run(small_run, tmp_path)
-    features = run / "features"
-    original_x = (features / "features.npy").read_bytes()
-    original_n = (features / "norms.npy").read_bytes()
-    chunk_files = sorted((features / "chunks").glob("*.npy"))
-    kept = {p.name: p.stat().st_mtime_ns for p in chunk_files if "000001" not in p.name}
-    # Simulate a run killed after some chunks: no merged arrays, meta not complete, chunk 1 missing.
-    for name in ("features.npy", "norms.npy"):
-        (features / name).unlink()
-    (features / "chunks" / "chunk_000001.norm.npy").unlink()
-    meta = json.loads((features / "meta.json").read_text())
-    (features / "meta.json").write_text(json.dumps({**meta, "complete": False}))
-
+def test_features_resume_redoes_only_missing_chunks_and_is_byte_identical(small_run: Path, tmp_path: Path,
+                                                                            monkeypatch: pytest.MonkeyPatch):
     from tests.conftest import small_options
+    from tive.features.store import FeatureStore
 
-    run_features(run, small_options(Path(json.loads((run / "prepare.json").read_text())["data"]))[2])
-    assert (features / "features.npy").read_bytes() == original_x
-    assert (features / "norms.npy").read_bytes() == original_n
-    for p in sorted((features / "chunks").glob("*.npy")):
-        if p.name in kept:
-            assert p.stat().st_mtime_ns == kept[p.name], f"{p.name} was recomputed"
+    run = _copy_run(small_run, tmp_path)
+    shutil.rmtree(run / "features")
+    options = small_options(Path(json.loads((run / "prepare.json").read_text())["data"]))[2]
+    real_write = FeatureStore.write_chunk
+    written: list[int] = []
+
+    def killed_after_two_chunks(self, chunk, *args, **kwargs):
+        if len(written) == 2:
+            raise KeyboardInterrupt  # what a kill between two commits looks like to the store
+        written.append(chunk)
+        return real_write(self, chunk, *args, **kwargs)
+
+    monkeypatch.setattr(FeatureStore, "write_chunk", killed_after_two_chunks)
+    with pytest.raises(KeyboardInterrupt):
+        run_features(run, options)
+    features = run / "features"
+    assert sorted(p.name for p in (features / "chunks").glob("*.json")) == ["chunk_000000.json", "chunk_000001.json"]
+    assert not (features / "features.npy").exists() and not json.loads((features / "meta.json").read_text())["complete"]
+
+    recomputed: list[int] = []
+
+    def counting(self, chunk, *args, **kwargs):
+        recomputed.append(chunk)
+        return real_write(self, chunk, *args, **kwargs)
+
+    monkeypatch.setattr(FeatureStore, "write_chunk", counting)
+    run_features(run, options)
+    assert recomputed == [2, 3, 4]  # 140 records in chunks of 32: only the missing ones
+    for name in ("features.npy", "norms.npy"):
+        assert (features / name).read_bytes() == (small_run / "features" / name).read_bytes()
+    assert not (features / "chunks").exists()  # merged: the store on disk is the final arrays
 
 
 def test_features_refuse_other_projection_unless_forced(small_run: Path, tmp_path: Path):
@@ -185,10 +199,10 @@ def test_features_refuse_other_projection_unless_forced(small_run: Path, tmp_pat
         run_features(run, other)
     run_features(run, FeaturesOptions(proj_dim=64, proj_seed=1, chunk_size=32, force=True))
     assert np.load(run / "features" / "features.npy").shape[1] == 64
-    assert json.loads((run / "features" / "meta.json").read_text())["projector"]["seed"] == 1
+    assert json.loads((run / "features" / "meta.json").read_text())["request"]["projector"]["seed"] == 1
 
 
-def test_features_killed_with_sigkill_resume_to_the_same_bytes(small_run: Path, tmp_path: Path):
+def test_features_killed_with_sigkill_resume_to_the_same_bytes(small_run: Path, tmp_path: Path, capsys):
     import os
     import signal
     import subprocess
@@ -206,7 +220,7 @@ def test_features_killed_with_sigkill_resume_to_the_same_bytes(small_run: Path, 
     shutil.rmtree(run / "features")
     process = subprocess.Popen([sys.executable, "-m", "tive", "features", str(run), *args],
                                stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    marker = run / "features" / "chunks" / "chunk_000003.norm.npy"
+    marker = run / "features" / "chunks" / "chunk_000003.json"
     deadline = time.monotonic() + 120
     while not marker.exists() and process.poll() is None and time.monotonic() < deadline:
         time.sleep(0.005)
@@ -215,11 +229,12 @@ def test_features_killed_with_sigkill_resume_to_the_same_bytes(small_run: Path, 
     assert process.returncode == -signal.SIGKILL
     assert not (run / "features" / "features.npy").exists()  # really interrupted
     assert not json.loads((run / "features" / "meta.json").read_text())["complete"]
-    done = {p.name: p.stat().st_mtime_ns for p in (run / "features" / "chunks").glob("*.npy")}
+    done = sorted(p.name for p in (run / "features" / "chunks").glob("chunk_*.json"))
+    assert len(done) >= 4
+    capsys.readouterr()
 
     assert main(["features", str(run), *args]) == 0
     for name in ("features.npy", "norms.npy"):
         assert (run / "features" / name).read_bytes() == (reference / "features" / name).read_bytes()
-    for name, mtime in done.items():
-        if name.endswith(".norm.npy"):  # committed chunks are reused, not recomputed
-            assert (run / "features" / "chunks" / name).stat().st_mtime_ns == mtime
+    # Committed chunks are reused, not recomputed: the rerun says how many records were already done.
+    assert f"; {8 * len(done)} records already done" in capsys.readouterr().out

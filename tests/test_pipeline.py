@@ -33,7 +33,8 @@ def test_run_directory_holds_exactly_the_documented_files(small_run: Path):
     assert {p.name for p in (small_run / "warmup" / "adapter").iterdir()} >= {
         "adapter_model.safetensors", "adapter_config.json"
     }
-    assert {p.name for p in (small_run / "features").iterdir()} == {"chunks", "features.npy", "norms.npy", "meta.json"}
+    # The chunks are removed once merged: the store on disk is the final arrays.
+    assert {p.name for p in (small_run / "features").iterdir()} == {"features.npy", "norms.npy", "meta.json"}
     assert not list(small_run.rglob("*.tmp"))
 
 
@@ -54,10 +55,12 @@ def test_features_match_manifest_and_meta(small_run: Path):
     meta = json.loads((small_run / "features" / "meta.json").read_text())
     assert features.shape == (len(rows), SMALL_PROJ_DIM) and features.dtype == np.float32
     np.testing.assert_allclose(norms, [r["grad_norm"] for r in rows], rtol=1e-12)
-    assert meta["complete"] and meta["proj_dim"] == SMALL_PROJ_DIM and meta["projector"]["type"] == "sjlt"
-    assert meta["grad_dim"] > SMALL_PROJ_DIM
+    assert meta["complete"] and meta["proj_dim"] == SMALL_PROJ_DIM and meta["request"]["projector"]["type"] == "sjlt"
+    assert meta["grad_dim"] > SMALL_PROJ_DIM and meta["records"] == len(rows) and meta["skipped"] == {}
     warm = json.loads((small_run / "warmup" / "warmup.json").read_text())
-    assert meta["adapter_sha256"] == warm["adapter_sha256"]
+    assert meta["request"]["adapter_sha256"] == warm["adapter_sha256"]
+    assert meta["request"]["encoding_version"] == warm["settings"]["encoding_version"] == 2
+    assert meta["encoding"] == warm["encoding"] == {"version": 2, "bos": "template", "end_of_turn": "template"}
 
 
 def test_instance_values_recomputed_from_features_by_their_definition(small_run: Path):
@@ -178,7 +181,6 @@ def test_skipped_records_are_accounted_for_and_never_selected(small_data: Path, 
     data.write_text("".join(json.dumps(r) + "\n" for r in records))
     before = data.read_bytes()
     prepare, warmup, features, select = small_options(small_data)
-    prepare.on_missing_image = "skip"
     features.proj_dim = 64
     select.budget = "0.5"
     run_all(data, tmp_path / "run", prepare, warmup, features, select)
@@ -205,16 +207,35 @@ def test_cli_reports_bad_records_without_traceback(tmp_path: Path, capsys):
     assert "Traceback" not in err
 
 
-def test_missing_image_is_an_error_by_default(small_data: Path, tmp_path: Path, capsys):
+def test_a_missing_image_is_skipped_and_named_or_an_error_when_asked(small_data: Path, tmp_path: Path, capsys):
     records = json.loads(small_data.read_text())[:5]
     with_image = next(i for i, r in enumerate(records) if "image" in r)
     records[with_image]["image"] = "gone.png"
     data = tmp_path / "d.json"
     data.write_text(json.dumps(records))
-    code = main(["prepare", str(data), "--out", str(tmp_path / "run"), "--images", str(small_data.parent / "images")])
+    images = str(small_data.parent / "images")
+    assert main(["prepare", str(data), "--out", str(tmp_path / "run"), "--images", images]) == 0
+    out = capsys.readouterr().out
+    assert f"record {with_image}" in out and "gone.png" in out and "1 of" in out
+    rows = manifest(tmp_path / "run")
+    assert rows[with_image]["status"].startswith("skipped: missing image") and "gone.png" in rows[with_image]["status"]
+    assert [r["status"] for i, r in enumerate(rows) if i != with_image] == ["ok"] * 4
+    code = main(["prepare", str(data), "--out", str(tmp_path / "run2"), "--images", images, "--on-bad-record", "error"])
     assert code == 2
     err = capsys.readouterr().err
-    assert f"record {with_image}" in err and "gone.png" in err and "--on-missing-image skip" in err
+    assert f"record {with_image}" in err and "gone.png" in err and "--on-bad-record skip" in err
+    assert "Traceback" not in err
+
+
+def test_a_wrong_image_root_stops_instead_of_skipping_everything(small_data: Path, tmp_path: Path, capsys):
+    records = [r for r in json.loads(small_data.read_text()) if "image" in r][:30]
+    data = tmp_path / "d.json"
+    data.write_text(json.dumps(records))
+    (tmp_path / "empty").mkdir()
+    assert main(["prepare", str(data), "--out", str(tmp_path / "run"), "--images", str(tmp_path / "empty")]) == 2
+    err = capsys.readouterr().err
+    assert "could not be used" in err and "--max-bad-fraction" in err and "record 0" in err
+    assert not (tmp_path / "run" / "prepare.json").exists()
 
 
 def test_stage_order_is_enforced_with_a_clear_message(small_data: Path, tmp_path: Path, capsys):
@@ -240,7 +261,7 @@ def test_prepare_with_llava665k_rules_writes_the_recovered_tasks(tmp_path: Path)
     data.write_text(json.dumps([raw for _, raw in mix]))
     run = tmp_path / "run"
     args = ["prepare", str(data), "--out", str(run), "--task-rules", "llava665k", "--images", str(tmp_path)]
-    assert main([*args, "--on-missing-image", "skip"]) == 0
+    assert main([*args, "--max-bad-fraction", "1"]) == 0  # no image is there: skip them all, on purpose
     rows = manifest(run)
     assert [r["task"] for r in rows] == [task for task, _ in mix]
     assert len({r["task"] for r in rows}) == 9

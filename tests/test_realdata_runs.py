@@ -28,7 +28,7 @@ def test_tive_run_on_real_files(name: str, images: str, count: int, ok: int, tmp
     before = data.read_bytes()
     run = tmp_path / "run"
     args = ["run", str(data), "--images", str(REALDATA / images), "--out", str(run), "--budget", "0.5",
-            "--proj-dim", "64", "--epochs", "1", "--on-missing-image", "skip"]
+            "--proj-dim", "64", "--epochs", "1", "--model", "tiny"]
     assert main(args) == 0
     rows = [json.loads(line) for line in (run / "manifest.jsonl").read_text().splitlines()]
     assert len(rows) == count and sum(r["status"] == "ok" for r in rows) == ok

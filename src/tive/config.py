@@ -21,6 +21,36 @@ def opt(default: Any, help: str, **extra: Any) -> Any:
     return field(default=default, metadata=meta)
 
 
+# Options several stages take (one flag sets them all in `tive run`).
+def _on_bad_record() -> Any:
+    return opt(
+        "skip",
+        "a record that cannot be used (missing or broken image, a conversation the template cannot render, no answer "
+        "token): mark it skipped and go on, or stop with an error (every stage)",
+        choices=["skip", "error"],
+    )
+
+
+def _max_bad_fraction() -> Any:
+    return opt(
+        0.01,
+        "stop anyway when more than this share of a stage's records (and more than 10) are bad, or when most of "
+        "those processed so far are: a wrong image root or template must stop, not skip everything (every stage)",
+    )
+
+
+def _loader_workers() -> Any:
+    return opt(
+        None,
+        "processes that encode records (images, template, tokenizer) ahead of the model (default: a quarter of the "
+        "CPUs, at most 4; 0: none)",
+    )
+
+
+def _progress_interval() -> Any:
+    return opt(30.0, "seconds between progress lines when the output is not a terminal (logs, SLURM)")
+
+
 @dataclass
 class PrepareOptions:
     """How to read the input and group it into tasks."""
@@ -30,19 +60,18 @@ class PrepareOptions:
     task_rules: str | None = opt(
         None, "built-in rule set (llava665k) or a YAML file of ordered rules mapping image path / instruction to a task"
     )
-    on_missing_image: str = opt(
-        "error", "missing or unreadable image: stop with an error, or mark the record skipped", choices=["error", "skip"]
-    )
+    on_bad_record: str = _on_bad_record()
+    max_bad_fraction: float = _max_bad_fraction()
 
 
 @dataclass
 class WarmupOptions:
     """The reference model: base model + a LoRA warm-up on a small, task-balanced sample."""
 
-    model: str = opt(
-        "tiny",
-        "base model: tiny or small (built-in, offline, random weights) or a Hugging Face image-text-to-text "
-        "checkpoint directory",
+    model: str | None = opt(
+        None,
+        "base model (required): a Hugging Face image-text-to-text checkpoint directory (or hub id where a hub is "
+        "reachable), or tiny / small: built-in random-weight models for trying the pipeline, meaningless on real data",
     )
     warmup_fraction: float = opt(0.08, "share of the ok records used for the warm-up, split equally across tasks")
     lora_rank: int | None = opt(None, "LoRA rank (default: 128 for a checkpoint as the authors; 8 for tiny)")
@@ -52,8 +81,18 @@ class WarmupOptions:
     )
     learning_rate: float | None = opt(None, "warm-up learning rate (default: 2e-5 for a checkpoint as the authors; 1e-3 for tiny)")
     epochs: int | None = opt(None, "warm-up epochs (default: 1 for a checkpoint as the authors; 4 for tiny)")
-    batch_size: int = opt(8, "warm-up batch size (records per optimiser step)")
-    seed: int = opt(0, "seed of the warm-up sample, LoRA initialisation, shuffling and the selection")
+    batch_size: int = opt(
+        8, "warm-up batch size: records per optimiser step, whatever the number of ranks (the effective batch)"
+    )
+    per_device_batch_size: int | None = opt(
+        None,
+        "records per forward pass on one device (default: the rank's whole share of a batch); smaller values "
+        "accumulate gradients over several passes, the effective batch stays --batch-size",
+    )
+    checkpoint_steps: int = opt(100, "save the warm-up's training state every this many steps, to resume (0: never)")
+    seed: int = opt(
+        0, "seed of the warm-up sample, LoRA initialisation, data order and dropout (in `tive run`: the selection too)"
+    )
     device: str = opt("auto", "torch device: auto (cuda if available, else cpu), cpu, cuda, cuda:1, ...")
     dtype: str = opt(
         "float32",
@@ -69,11 +108,15 @@ class WarmupOptions:
         False, "recompute activations in the backward pass: less memory, more time (warm-up and features)",
         action="store_true",
     )
+    loader_workers: int | None = _loader_workers()
+    progress_interval: float = _progress_interval()
     reference_adapter: str | None = opt(
         None,
         "use this LoRA adapter directory (adapter_config.json + adapter_model.safetensors, made for --model) as "
         "the reference model instead of training one",
     )
+    on_bad_record: str = _on_bad_record()
+    max_bad_fraction: float = _max_bad_fraction()
     force: bool = opt(False, "redo the stage even if its outputs exist with other settings", action="store_true")
 
 
@@ -92,7 +135,15 @@ class FeaturesOptions:
         choices=["batched", "loop"],
     )
     grad_batch_size: int = opt(16, "records per forward/backward pass in batched mode")
-    chunk_size: int = opt(256, "records per committed chunk of features (the resume unit)")
+    chunk_size: int = opt(256, "records per committed chunk of features (the resume and sharding unit)")
+    feature_dtype: str = opt(
+        "float32", "dtype the projected features are stored in", choices=["float32", "float16"]
+    )
+    shard: str | None = opt(
+        None,
+        "I/K: compute only shard I of K (chunks c with c mod K = I), for processes started by hand; torchrun and "
+        "SLURM ranks are found without it",
+    )
     device: str = opt("auto", "torch device: auto (cuda if available, else cpu), cpu, cuda, cuda:1, ...")
     dtype: str = opt(
         "float32",
@@ -105,6 +156,10 @@ class FeaturesOptions:
     gradient_checkpointing: bool = opt(
         False, "recompute activations in the backward pass: less memory, more time", action="store_true"
     )
+    loader_workers: int | None = _loader_workers()
+    progress_interval: float = _progress_interval()
+    on_bad_record: str = _on_bad_record()
+    max_bad_fraction: float = _max_bad_fraction()
     force: bool = opt(False, "redo the stage even if its outputs exist with other settings", action="store_true")
 
 
@@ -113,7 +168,7 @@ class SelectOptions:
     """The budgeted selection."""
 
     budget: str = opt("0.15", "subset size: a fraction of the eligible records (0.15 or 15%%) or a count (1500)")
-    seed: int = opt(0, "seed of the warm-up sample, LoRA initialisation, shuffling and the selection")
+    seed: int = opt(0, "seed of the selection's random choices (instance sampling)")
     choose: str = opt("sample", "instance choice within a task", choices=["sample", "top"])
     temperature: float = opt(
         0.1, "sampling temperature on instance values (probability ~ exp(value / T)); the authors' q=0.001 is T=1000"
@@ -122,6 +177,13 @@ class SelectOptions:
         False, "let a task whose share exceeds its size repeat records (the authors' behaviour)", action="store_true"
     )
     exclude_task: list[str] = opt([], "task to leave out of the selection (repeatable)", action="append")
+    authors_compat: bool = opt(
+        False,
+        "reproduce the authors' released selection script: budgets int()-truncated from p x all records (excluded "
+        "tasks counted), oversampling, temperature 1000 (q = 0.001), task textcaps excluded (it stays in the "
+        "warm-up); overrides --choose, --temperature and --oversample",
+        action="store_true",
+    )
 
 
 def add_options(parser: argparse.ArgumentParser, cls: type, title: str | None = None) -> None:

@@ -21,7 +21,7 @@ def run_demo(out: Path, records: int = 1200, budget: str = "0.15", seed: int = 0
         data_path,
         run_dir,
         PrepareOptions(images=str(data_dir / "images"), task_field="dataset"),
-        WarmupOptions(seed=seed),
+        WarmupOptions(model="tiny", seed=seed),
         FeaturesOptions(),
         SelectOptions(budget=budget, seed=seed),
     )

@@ -20,6 +20,8 @@ Layout (every file is written to a temporary name and moved into place; markers 
 from __future__ import annotations
 
 import logging
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -44,29 +46,34 @@ FEATURES_DIR = "features"
 
 MANIFEST_FIELDS = ("index", "id", "task", "status", "grad_norm", "value", "selected")
 
+# The status of a record prepare left ok but the features stage could not use (its reason follows).
+FEATURES_SKIP = "skipped: features: "
+
 log = logging.getLogger("tive")
 
 
 def open_run_dir(run_dir: Path | str, create: bool = False) -> Path:
-    """Check that `run_dir` exists (or create it) and attach the run's log file."""
+    """Check that `run_dir` exists (or create it)."""
     run_dir = Path(run_dir)
     if create:
         run_dir.mkdir(parents=True, exist_ok=True)
     elif not run_dir.is_dir():
         raise TiveError(f"{run_dir}: no such run directory (create one with `tive prepare DATA --out {run_dir}`)")
-    attach_log_file(run_dir / LOG_FILE)
     return run_dir
 
 
-def attach_log_file(path: Path) -> None:
-    """Send the `tive` logger to `path` as well (once per path)."""
-    for handler in log.handlers:
-        if isinstance(handler, logging.FileHandler) and Path(handler.baseFilename) == path.resolve():
-            return
-    handler = logging.FileHandler(path, encoding="utf-8")
+@contextmanager
+def stage_log(run_dir: Path) -> Iterator[None]:
+    """Send the `tive` logger to the run's log file for the duration of a stage (then close it again)."""
+    handler = logging.FileHandler(run_dir / LOG_FILE, encoding="utf-8")
     handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(message)s"))
     log.addHandler(handler)
     log.setLevel(logging.INFO)
+    try:
+        yield
+    finally:
+        log.removeHandler(handler)
+        handler.close()
 
 
 def read_manifest(run_dir: Path) -> list[dict[str, Any]]:
@@ -94,6 +101,12 @@ def ok_rows(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
     return [row for row in rows if row["status"] == STATUS_OK]
 
 
+def candidate_rows(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """The rows prepare left ok, in manifest order: what the warm-up and the features stage work on (the features
+    stage may since have skipped some, `FEATURES_SKIP`; a new features run tries them again)."""
+    return [row for row in rows if row["status"] == STATUS_OK or row["status"].startswith(FEATURES_SKIP)]
+
+
 def load_prepared(run_dir: Path) -> tuple[Dataset, dict[str, Any]]:
     """Re-read the prepared input with the tasks and statuses prepare recorded.
 
@@ -117,6 +130,7 @@ def load_prepared(run_dir: Path) -> tuple[Dataset, dict[str, Any]]:
         raise TiveError(f"{run_dir / MANIFEST_FILE}: {len(rows)} rows but {data_path} has {len(dataset.records)} records")
     for record, row in zip(dataset.records, rows):
         record.task = row["task"]
-        record.status = row["status"]
+        # Records the features stage skipped are still the stages' candidates: their images resolve as before.
+        record.status = STATUS_OK if row["status"].startswith(FEATURES_SKIP) else row["status"]
     resolve_image_paths(dataset, info.get("images"))
     return dataset, info

@@ -37,6 +37,8 @@ __all__ = [
     "split_budget",
     "choose_instances",
     "select_records",
+    "authors_budgets",
+    "AUTHORS_EXCLUDED_TASK",
 ]
 
 METHODS: tuple[str, ...] = ("sample", "top")
@@ -55,6 +57,9 @@ e^3 ≈ 20 times likelier to be drawn first. To be revisited once the benchmark 
 AUTHORS_TEMPERATURE = 1000.0
 """The authors' setting: they sample with softmax(q · s), q = 0.001, i.e. temperature 1/q = 1000, which with
 values in [-1, 1] is practically uniform random sampling within each task."""
+
+AUTHORS_EXCLUDED_TASK = "textcaps"
+"""The task the authors leave out of the selection (its images were seen in pre-training); it stays in the warm-up."""
 
 _BUDGET_FORMS = (
     "a fraction in (0, 1] such as 0.15, a percentage in (0%, 100%] such as 15%, "
@@ -363,6 +368,7 @@ def select_records(
     seed: int = 0,
     oversample: bool = False,
     exclude_tasks: Collection[str] = (),
+    budgets: Mapping[str, int] | None = None,
 ) -> tuple[np.ndarray, dict[str, int]]:
     """Select ``total`` records: split the budget over tasks, then choose instances within each.
 
@@ -382,6 +388,8 @@ def select_records(
         seed: the seed of the one generator all random choices come from.
         oversample: allow a task's budget beyond its size, repeating its records (the authors' behaviour).
         exclude_tasks: tasks that are never selected (the authors exclude TextCaps).
+        budgets: the per-task sizes, when they are decided elsewhere (`authors_budgets`); ``total`` is then
+            their sum.
 
     Returns:
         (how many times each row is selected, int64; task -> budget, for every task in ``tasks``, sorted,
@@ -420,7 +428,12 @@ def select_records(
     ids = np.fromiter((position[str(t)] for t in tasks), dtype=np.int64, count=len(tasks))
     sizes_all = np.bincount(ids, minlength=len(task_names))
     sizes = {name: int(sizes_all[position[name]]) for name in kept}
-    budgets = split_budget({name: task_values[name] for name in kept}, sizes, total, oversample=oversample)
+    if budgets is None:
+        budgets = split_budget({name: task_values[name] for name in kept}, sizes, total, oversample=oversample)
+    else:
+        budgets = {name: int(budgets.get(name, 0)) for name in kept}
+        if not oversample and any(budgets[name] > sizes[name] for name in kept):
+            raise TiveError("a task's budget exceeds its size; pass oversample=True to repeat its records")
 
     counts = np.zeros(len(tasks), dtype=np.int64)
     rng = np.random.default_rng(seed)
@@ -428,3 +441,36 @@ def select_records(
         rows = np.flatnonzero(ids == position[name])
         counts[rows] = choose_instances(vals[rows], budgets[name], method, temperature, rng)
     return counts, {name: (budgets[name] if name in budgets else 0) for name in task_names}
+
+
+def authors_budgets(
+    task_values: Mapping[str, float], task_sizes: Mapping[str, int], fraction: float, n_records: int
+) -> dict[str, int]:
+    """The per-task subset sizes of the authors' released selection script, reproduced exactly.
+
+    Task t (excluded tasks are not passed) gets ``x_t = v_t / Σ_u v_u · p · N`` with N *all* records, excluded
+    tasks included. If ``x_t`` is below the task's size its budget is ``int(x_t)`` (truncated, so the subset is
+    usually a few records short of p · N); otherwise the task is repeated ``int(x_t // size)`` times and
+    ``int(x_t % size)`` more records are drawn. Float arithmetic as theirs (not exact fractions).
+
+    Args:
+        task_values: task → value (mean gradient norm) of the tasks that are selected from.
+        task_sizes: task → its number of records.
+        fraction: p.
+        n_records: N, every record including those of excluded tasks.
+
+    Returns:
+        task → number of records to choose (repeats included), in sorted task order.
+    """
+    total_value = sum(float(task_values[name]) for name in task_values)
+    if not total_value > 0:
+        raise TiveError("all task values are zero; the budget cannot be split by value. Check the gradient norms")
+    budgets = {}
+    for name in sorted(task_values):
+        share = float(task_values[name]) / total_value * (fraction * n_records)
+        size = int(task_sizes[name])
+        if share < size:
+            budgets[name] = int(share)
+        else:
+            budgets[name] = int(share // size) * size + int(share % size)
+    return budgets

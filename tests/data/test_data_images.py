@@ -103,7 +103,7 @@ def test_missing_image_error(tmp_path: Path, root: Path) -> None:
     assert "record 1" in message and "'m1'" in message  # the earliest bad record
     assert "field 'image'" in message
     assert str((root / "nope.png").resolve()) in message
-    assert "--on-missing-image skip" in message
+    assert "--on-bad-record skip" in message
 
 
 def test_missing_image_skip(tmp_path: Path, root: Path) -> None:
@@ -129,7 +129,7 @@ def test_undecodable_image_error_and_skip(tmp_path: Path, root: Path) -> None:
     message = str(info.value)
     assert "record 0" in message and "id 5" in message and "field 'image'" in message
     assert "not a readable image" in message
-    assert "--on-missing-image skip" in message
+    assert "--on-bad-record skip" in message
 
     check_images(dataset, root, on_missing="skip")
     status = dataset.records[0].status
@@ -193,8 +193,58 @@ def test_root_must_be_a_directory(tmp_path: Path) -> None:
 
 def test_on_missing_must_be_known(tmp_path: Path, root: Path) -> None:
     dataset = load(tmp_path, [llava("a.png")])
-    with pytest.raises(ValueError, match="on_missing"):
+    with pytest.raises(TiveError, match="--on-bad-record ignore: choose one of skip, error"):
         check_images(dataset, root, on_missing="ignore")
+
+
+def save_jpeg(path: Path) -> bytes:
+    import numpy as np
+
+    pixels = (np.random.default_rng(0).random((96, 128, 3)) * 255).astype("uint8")
+    Image.fromarray(pixels).save(path, format="JPEG", quality=90)
+    return path.read_bytes()
+
+
+def test_a_jpeg_cut_short_is_caught_although_pillow_verify_passes_it(tmp_path: Path, root: Path) -> None:
+    data = save_jpeg(root / "full.jpg")
+    (root / "cut.jpg").write_bytes(data[: len(data) // 2])
+    with Image.open(root / "cut.jpg") as image:
+        image.verify()  # what the check relied on before: it does not decode JPEG data
+    dataset = load(tmp_path, [llava("full.jpg", id="whole"), llava("cut.jpg", id="cut")])
+    with pytest.raises(DataError, match="record 1, id 'cut', field 'image'.*truncated"):
+        check_images(dataset, root)
+    dataset = load(tmp_path, [llava("full.jpg", id="whole"), llava("cut.jpg", id="cut")])
+    bad = check_images(dataset, root, on_missing="skip")
+    assert dataset.records[0].ok
+    assert dataset.records[1].status.startswith("skipped: unreadable image") and "truncated" in dataset.records[1].status
+    assert list(bad.reasons) == [1]
+
+
+def test_a_jpeg_with_bytes_after_its_end_marker_is_accepted(tmp_path: Path, root: Path) -> None:
+    data = save_jpeg(root / "full.jpg")
+    (root / "tail.jpg").write_bytes(data + b"appended by some camera")
+    (root / "padded.jpg").write_bytes(data + b"\x00" * 100)
+    dataset = load(tmp_path, [llava("tail.jpg"), llava("padded.jpg")])
+    check_images(dataset, root)
+    assert all(record.ok for record in dataset.records)
+
+
+def test_a_nul_byte_in_an_image_path_is_named_not_a_traceback(tmp_path: Path, root: Path) -> None:
+    dataset = load(tmp_path, [llava("a.png"), llava("a\u0000.png", id="nul")])
+    with pytest.raises(DataError, match="record 1, id 'nul', field 'image'.*not a valid path: it holds a NUL byte"):
+        check_images(dataset, root)
+    check_images(dataset, root, on_missing="skip")
+    assert dataset.records[0].ok and dataset.records[1].status.startswith("skipped: invalid image path")
+
+
+def test_many_bad_images_stop_the_check_even_when_skipping(tmp_path: Path, root: Path) -> None:
+    records = [llava("a.png")] * 100 + [llava(f"missing{i}.png", id=i) for i in range(12)]
+    dataset = load(tmp_path, records)
+    with pytest.raises(TiveError, match="11 of 112 records could not be used.*--max-bad-fraction"):
+        check_images(dataset, root, on_missing="skip", max_bad_fraction=0.05)
+    dataset = load(tmp_path, records)
+    bad = check_images(dataset, root, on_missing="skip", max_bad_fraction=0.2)  # 12 of 112 is allowed here
+    assert len(bad.reasons) == 12 and sum(record.ok for record in dataset.records) == 100
 
 
 def test_progress_bar_for_many_images(

@@ -359,7 +359,7 @@ def test_remote_url_is_an_error_or_skipped_never_fetched(tmp_path: Path) -> None
         check_images(dataset, root)
     assert (info.value.index, info.value.record_id) == (1, "remote")
     assert info.value.field == "messages[0].content[1].image_url"
-    assert "remote URL" in str(info.value) and "--on-missing-image skip" in str(info.value)
+    assert "remote URL" in str(info.value) and "--on-bad-record skip" in str(info.value)
     check_images(dataset, root, on_missing="skip")
     assert dataset.records[0].ok
     assert dataset.records[1].status == f"skipped: remote image {url} (not fetched offline)"

@@ -83,10 +83,11 @@ class Architecture:
 
     name: str
     build: Callable[[Path, int], Path]
-    end_of_turn: str  # what closes an assistant turn in the chat template ("" when nothing does)
+    end_of_turn: str  # what closes an assistant turn in the labels (the template's marker, or the EOS tive adds)
     vision_prefixes: tuple[str, ...]  # module-name prefixes of the vision tower (never adapted)
     config_classes: str  # for the README table
     needs: list[str] = field(default_factory=list)  # optional Python packages the processor needs
+    template_closes_answers: bool = True  # False: the template ends an answer with nothing, tive adds the EOS
 
 
 def _train_bpe(specials: list[str], metaspace: bool, vocab_size: int = 600) -> tuple[dict[str, int], list]:
@@ -161,11 +162,14 @@ def _tiny_clip():
 
 
 def _llama_tokenizer():
-    """A Llama-2 style tokenizer (metaspace BPE with byte fallback), as LLaVA-1.5 and LLaVA-NeXT use."""
+    """A Llama-2 style tokenizer (metaspace BPE with byte fallback) that puts BOS before every text, as the
+    LLaVA-1.5 and LLaVA-NeXT tokenizers do (`add_bos_token: true` in their tokenizer_config.json)."""
     from transformers import LlamaTokenizer
 
     vocab, merges = _train_bpe(["<unk>", "<s>", "</s>"], metaspace=True)
-    tokenizer = LlamaTokenizer(vocab=vocab, merges=merges, unk_token="<unk>", bos_token="<s>", eos_token="</s>")
+    tokenizer = LlamaTokenizer(
+        vocab=vocab, merges=merges, unk_token="<unk>", bos_token="<s>", eos_token="</s>", add_bos_token=True
+    )
     tokenizer.add_special_tokens({"pad_token": "<pad>"})
     tokenizer.add_tokens(["<image>"], special_tokens=True)
     tokenizer.image_token = "<image>"
@@ -313,7 +317,9 @@ def build_qwen2_5_vl(out_dir: Path, seed: int = 0) -> Path:
 
 
 # -------------------------------------------------------------------------------------- Idefics3 / SmolVLM
-def _idefics_tokenizer(bos: str, eos: str):
+def _idefics_tokenizer(bos: str, eos: str, adds_bos: bool):
+    """A byte-level BPE tokenizer; with `adds_bos` it puts BOS before every text, as Llama-3's does (Idefics3's
+    template renders `<|begin_of_text|>` too: tive must not end up with two)."""
     from transformers import PreTrainedTokenizerFast
 
     rows = [f"<row_{i + 1}_col_{j + 1}>" for i in range(6) for j in range(6)]
@@ -324,6 +330,12 @@ def _idefics_tokenizer(bos: str, eos: str):
     bpe = Tokenizer(models.BPE(vocab=vocab, merges=merges))
     bpe.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
     bpe.decoder = decoders.ByteLevel()
+    if adds_bos:
+        from tokenizers import processors
+
+        bpe.post_processor = processors.TemplateProcessing(
+            single=f"{bos} $A", pair=f"{bos} $A {bos} $B", special_tokens=[(bos, vocab[bos])]
+        )
     tokenizer = PreTrainedTokenizerFast(tokenizer_object=bpe, bos_token=bos, eos_token=eos, pad_token="<pad>")
     tokenizer.add_special_tokens({"additional_special_tokens": image_tokens})
     return tokenizer
@@ -344,7 +356,7 @@ def build_idefics3(out_dir: Path, seed: int = 0) -> Path:
         Idefics3VisionConfig,
     )
 
-    tokenizer = _idefics_tokenizer("<|begin_of_text|>", "<|end_of_text|>")
+    tokenizer = _idefics_tokenizer("<|begin_of_text|>", "<|end_of_text|>", adds_bos=True)
     processor = Idefics3Processor(
         image_processor=Idefics3ImageProcessorPil(
             size={"longest_edge": 64}, max_image_size={"longest_edge": 32}, do_image_splitting=True
@@ -374,7 +386,7 @@ def build_smolvlm(out_dir: Path, seed: int = 0) -> Path:
 
     from tive.model.loading import processor_without_video
 
-    tokenizer = _idefics_tokenizer("<|im_start|>", "<|im_end|>")
+    tokenizer = _idefics_tokenizer("<|im_start|>", "<|im_end|>", adds_bos=False)
     processor = processor_without_video(SmolVLMProcessor)(
         image_processor=SmolVLMImageProcessorPil(
             size={"longest_edge": 64}, max_image_size={"longest_edge": 32}, do_image_splitting=True
@@ -401,8 +413,8 @@ def build_smolvlm(out_dir: Path, seed: int = 0) -> Path:
 ARCHITECTURES = {
     arch.name: arch
     for arch in [
-        Architecture("llava", build_llava, "", ("model.vision_tower", "model.multi_modal_projector"),
-                     "LlavaConfig (CLIPVisionConfig + LlamaConfig)"),
+        Architecture("llava", build_llava, "</s>", ("model.vision_tower", "model.multi_modal_projector"),
+                     "LlavaConfig (CLIPVisionConfig + LlamaConfig)", template_closes_answers=False),
         Architecture("llava_next", build_llava_next, "</s>", ("model.vision_tower", "model.multi_modal_projector"),
                      "LlavaNextConfig (CLIPVisionConfig + MistralConfig)"),
         Architecture("qwen2_vl", build_qwen2_vl, "<|im_end|>", ("model.visual",),

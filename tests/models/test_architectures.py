@@ -105,6 +105,44 @@ def test_labels_cover_exactly_the_answers_and_end_of_turn(arch, case, checkpoint
         assert encoded[key].shape == encoded["input_ids"].shape
 
 
+@pytest.mark.parametrize("case", ["single_image", "image_in_later_turn", "multi_image", "text_only"])
+@pytest.mark.parametrize("arch", ARCHS)
+def test_inputs_are_the_processors_own_with_exactly_one_bos(arch, case, checkpoints, records):
+    """What the model saw in training: processor(text=apply_chat_template(msgs), images), one BOS, and only the
+    documented end-of-turn additions (the EOS after each answer where the template closes none)."""
+    from tive.model.encode import Encoder, load_images, record_messages
+
+    _, processor = load_base(checkpoints(arch))
+    record, answers = records[case]
+    encoded = encode_record(processor, record)
+    text = processor.apply_chat_template(record_messages(record), tokenize=False)
+    images = load_images(record)
+    reference = processor(text=[text], images=images or None, return_tensors="pt")["input_ids"][0].tolist()
+    tokenizer = processor.tokenizer
+    bos = tokenizer.bos_token_id
+    plan = Encoder(processor).plan
+    if plan.bos == "template" and tokenizer("x")["input_ids"][:1] == [bos]:
+        assert reference[:2] == [bos, bos]  # the template renders BOS and the tokenizer adds another
+        reference = reference[1:]
+    ids = encoded["input_ids"].tolist()
+    if checkpoints.arch(arch).template_closes_answers:
+        assert plan.eos_after_answer is None
+        assert ids == reference
+    else:
+        eos = tokenizer.eos_token_id
+        assert plan.eos_after_answer == eos
+        added = [k for k, token in enumerate(ids) if token == eos]
+        assert len(added) == len(answers)
+        labels = encoded["labels"].tolist()
+        assert all(labels[k] == eos and labels[k - 1] != IGNORE_INDEX for k in added)  # right after each answer
+        assert [token for k, token in enumerate(ids) if k not in added] == reference
+    if bos is not None and plan.bos != "none":
+        assert ids[0] == bos and ids.count(bos) == 1
+    else:
+        assert plan.bos == "none"
+    assert len(encoded["labels"]) == len(ids) == len(encoded["attention_mask"])
+
+
 LORA_NAMES = [
     "q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj", "qkv", "proj", "fc1", "fc2",
     "out_proj",

@@ -43,7 +43,7 @@ def test_bfloat16_loads_the_model_in_bfloat16_and_keeps_gradients_float32(checkp
     assert main(run_args(demo_data, out, checkpoints("llava"), "--dtype", "bfloat16")) == 0
     warm = json.loads((out / "warmup" / "warmup.json").read_text())
     meta = json.loads((out / "features" / "meta.json").read_text())
-    assert warm["settings"]["dtype"] == meta["dtype"] == "bfloat16"
+    assert warm["settings"]["dtype"] == meta["request"]["dtype"] == "bfloat16"
     norms = np.load(out / "features" / "norms.npy")
     assert norms.dtype == np.float64 and np.isfinite(norms).all() and (norms > 0).all()
     assert np.load(out / "features" / "features.npy").dtype == np.float32
@@ -62,7 +62,7 @@ def test_features_refuse_another_dtype_unless_forced(llava_run, tmp_path):
     with pytest.raises(TiveError, match="other dtype.*--force"):
         run_features(run, options)
     run_features(run, FeaturesOptions(proj_dim=64, dtype="bfloat16", force=True))
-    assert json.loads((run / "features" / "meta.json").read_text())["dtype"] == "bfloat16"
+    assert json.loads((run / "features" / "meta.json").read_text())["request"]["dtype"] == "bfloat16"
 
 
 def test_max_length_truncation_is_counted_reported_and_recorded(checkpoints, demo_data, tmp_path, capsys):
@@ -82,20 +82,29 @@ def test_max_length_truncation_is_counted_reported_and_recorded(checkpoints, dem
     no_answer = sorted(i for i, first in first_answer.items() if first >= max_length)
     assert 0 < len(no_answer) < len(truncated) < len(lengths)  # the test data exercises every case
 
+    kept_truncated = [i for i in truncated if i not in no_answer]
     meta = json.loads((out / "features" / "meta.json").read_text())
-    assert meta["max_length"] == max_length
-    assert meta["truncated_records"] == len(truncated) and meta["no_answer_records"] == no_answer
-    assert f"features: --max-length {max_length}: {len(truncated)} of 40 records truncated; " \
-           f"{len(no_answer)} lost every answer token" in printed
+    assert meta["request"]["max_length"] == max_length
+    assert meta["truncated_records"] == len(kept_truncated)
+    # A record left without an answer token cannot be learnt from at this length: skipped and named, never given a
+    # zero gradient that would pull its task's value down.
+    assert sorted(int(i) for i in meta["skipped"]) == no_answer
+    assert all(f"no answer token within --max-length {max_length}" in reason for reason in meta["skipped"].values())
+    assert f"features: --max-length {max_length}: {len(kept_truncated)} of 40 records truncated" in printed
     warm = json.loads((out / "warmup" / "warmup.json").read_text())
     assert warm["settings"]["max_length"] == max_length
     warm_indices = warm["warmup_indices"]
-    assert warm["truncated_records"] == sum(i in truncated for i in warm_indices)
-    assert warm["no_answer_records"] == [i for i in warm_indices if i in no_answer]
+    assert warm["truncated_records"] == sum(i in kept_truncated for i in warm_indices)
+    assert sorted(int(i) for i in warm["skipped"]) == [i for i in warm_indices if i in no_answer]
     assert f"warmup: --max-length {max_length}: {warm['truncated_records']} of {len(warm_indices)}" in printed
-    # A record without answer tokens has no loss: its gradient is zero; every other record's is not.
     rows = manifest(out)
-    assert all((row["grad_norm"] == 0) == (row["index"] in no_answer) for row in rows)
+    for row in rows:
+        if row["index"] in no_answer:
+            assert row["status"].startswith("skipped: features: no answer token") and row["grad_norm"] is None
+            assert row["selected"] == 0
+        else:
+            assert row["status"] == "ok" and row["grad_norm"] > 0
+    assert np.load(out / "features" / "features.npy").shape[0] == 40 - len(no_answer)
 
 
 def test_max_length_never_cuts_an_image(checkpoints, demo_data, tmp_path, capsys):
@@ -116,7 +125,7 @@ def test_reference_adapter_skips_the_warmup_and_gives_the_same_features(llava_ru
     assert warm["adapter_sha256"] == reference["adapter_sha256"] == warm["settings"]["reference_adapter_sha256"]
     assert warm["settings"]["reference_adapter"] == str(adapter.resolve())
     meta = json.loads((out / "features" / "meta.json").read_text())
-    assert meta["adapter_sha256"] == reference["adapter_sha256"]
+    assert meta["request"]["adapter_sha256"] == reference["adapter_sha256"]
     for name in ("features.npy", "norms.npy"):  # same model, adapter, records and projection: same bytes
         assert (out / "features" / name).read_bytes() == (llava_run / "features" / name).read_bytes()
     # Rerun: nothing to do; another adapter: refused without --force.

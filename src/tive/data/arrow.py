@@ -75,14 +75,19 @@ def read_parquet(path: Path) -> tuple[list[Record], Any]:
         TiveError: pyarrow is missing or the file is not readable Parquet.
         DataError: a row is not a valid record.
     """
+    table = open_parquet(path)
+    return _records_from_table(table, path), table
+
+
+def open_parquet(path: Path) -> Any:
+    """The Parquet file's pyarrow Table (no record is parsed)."""
     _import_pyarrow()
     import pyarrow.parquet as pq
 
     try:
-        table = pq.read_table(path)
+        return pq.read_table(path)
     except Exception as err:  # pyarrow raises ArrowInvalid, OSError, ...
         raise TiveError(f"{path}: cannot read the Parquet file: {err}") from None
-    return _records_from_table(table, path), table
 
 
 def read_hf_dataset(path: Path) -> tuple[list[Record], Any]:
@@ -92,6 +97,12 @@ def read_hf_dataset(path: Path) -> tuple[list[Record], Any]:
         TiveError: datasets is missing, the directory holds a DatasetDict (give one split) or cannot be loaded.
         DataError: a row is not a valid record.
     """
+    dataset = open_hf_dataset(path)
+    return _records_from_table(dataset.data.table, path), dataset
+
+
+def open_hf_dataset(path: Path) -> Any:
+    """The `save_to_disk` directory's `datasets.Dataset`, memory-mapped (no record is parsed)."""
     datasets = _import_datasets()
     if (path / HF_DATASET_DICT_MARKER).is_file():
         splits = sorted(p.name for p in path.iterdir() if p.is_dir())
@@ -108,7 +119,7 @@ def read_hf_dataset(path: Path) -> tuple[list[Record], Any]:
     if getattr(dataset, "_indices", None) is not None:
         # A saved selection without its indices flattened: flatten in memory, never into the input directory.
         dataset = dataset.flatten_indices(keep_in_memory=True)
-    return _records_from_table(dataset.data.table, path), dataset
+    return dataset
 
 
 def _records_from_table(table: Any, path: Path) -> list[Record]:

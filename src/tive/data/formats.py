@@ -28,6 +28,7 @@ import uuid
 from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
+from collections.abc import Iterator
 from typing import Any, Sequence
 
 from tive.data import arrow
@@ -68,6 +69,7 @@ __all__ = [
     "parse_messages_record",
     "parse_record",
     "write_subset",
+    "write_subset_from_input",
 ]
 
 
@@ -218,13 +220,7 @@ def _parse_jsonl(path: Path, text: str) -> tuple[list[Any], list[str]]:
     """Parse JSON lines; returns the objects and each one's original line text."""
     records: list[Any] = []
     lines: list[str] = []
-    # Split on "\n" only: str.splitlines() would also split on U+2028 and friends, which may legally
-    # appear unescaped inside JSON strings.
-    for lineno, line in enumerate(text.split("\n"), start=1):
-        if line.endswith("\r"):
-            line = line[:-1]
-        if not line.strip():
-            continue
+    for lineno, line in _record_lines(text):
         index = len(records)
         try:
             value = json.loads(line)
@@ -242,6 +238,35 @@ def _parse_jsonl(path: Path, text: str) -> tuple[list[Any], list[str]]:
         records.append(value)
         lines.append(line)
     return records, lines
+
+
+def _record_lines(text: str) -> Iterator[tuple[int, str]]:
+    """(line number, line) of each non-blank line of JSON lines text: one per record, in order."""
+    # Split on "\n" only: str.splitlines() would also split on U+2028 and friends, which may legally
+    # appear unescaped inside JSON strings.
+    for lineno, line in enumerate(text.split("\n"), start=1):
+        if line.endswith("\r"):
+            line = line[:-1]
+        if line.strip():
+            yield lineno, line
+
+
+def _json_list_elements(text: str) -> Iterator[Any]:
+    """The elements of a JSON list, decoded one at a time (so that only the wanted ones need be kept)."""
+    decoder = json.JSONDecoder()
+    whitespace = " \t\n\r"
+    position = len(text) - len(text.lstrip(whitespace)) + 1  # past "["
+    while True:
+        while text[position] in whitespace:
+            position += 1
+        if text[position] == "]":
+            return
+        value, position = decoder.raw_decode(text, position)
+        yield value
+        while text[position] in whitespace:
+            position += 1
+        if text[position] == ",":
+            position += 1
 
 
 def _refuse_single_json_object(path: Path, text: str) -> None:
@@ -293,34 +318,77 @@ def write_subset(dataset: Dataset, counts: Sequence[int], out_dir: Path) -> Path
             raise ValueError(f"counts[{index}] is {value}, must be >= 0")
         repeats.append(value)
 
-    if dataset.format not in SUBSET_NAMES:
-        raise ValueError(f"unknown dataset format {dataset.format!r}; expected one of {', '.join(FORMATS)}")
+    if dataset.format in (FORMAT_PARQUET, FORMAT_HF_DATASET) and dataset.source is None:
+        raise ValueError(f"a {dataset.format} dataset needs its source table to write a subset")
+    lines = dataset.raw_lines
+    if dataset.format == FORMAT_JSONL and lines is None:
+        lines = [json.dumps(record.raw, ensure_ascii=False) for record in dataset.records]
+    return _write_selected(dataset.path, dataset.format, repeats, out_dir, lines=lines,
+                           objects=[record.raw for record in dataset.records], source=dataset.source)
+
+
+def write_subset_from_input(path: Path | str, fmt: str, counts: Sequence[int], out_dir: Path) -> Path:
+    """Write the subset straight from the input, without parsing its records into `Record`s.
+
+    For `tive select` on a prepared run: the records were validated at prepare time (and the input's SHA-256 is
+    checked by the caller), so the JSONL lines are copied, a JSON list's elements are decoded one at a time and only
+    the selected ones kept, and Parquet / `datasets` rows are taken from the table. The output is the same as
+    `write_subset`'s on the loaded dataset.
+    """
+    path = Path(path)
+    repeats = [int(count) for count in counts]
+    if fmt == FORMAT_JSONL:
+        lines = [line for _, line in _record_lines(_read_text(path))]
+        return _write_selected(path, fmt, _fit(repeats, len(lines), path), out_dir, lines=lines)
+    if fmt == FORMAT_JSON:
+        wanted = {index: count for index, count in enumerate(repeats) if count}
+        kept, n = {}, 0
+        for n, value in enumerate(_json_list_elements(_read_text(path)), start=1):
+            if n - 1 in wanted:
+                kept[n - 1] = value
+        _fit(repeats, n, path)
+        objects = [kept.get(index) for index in range(n)]
+        return _write_selected(path, fmt, repeats, out_dir, objects=objects)
+    if fmt == FORMAT_PARQUET:
+        source = arrow.open_parquet(path)
+        return _write_selected(path, fmt, _fit(repeats, source.num_rows, path), out_dir, source=source)
+    if fmt == FORMAT_HF_DATASET:
+        source = arrow.open_hf_dataset(path)
+        return _write_selected(path, fmt, _fit(repeats, len(source), path), out_dir, source=source)
+    raise ValueError(f"unknown dataset format {fmt!r}; expected one of {', '.join(FORMATS)}")
+
+
+def _fit(repeats: list[int], n_records: int, path: Path) -> list[int]:
+    if len(repeats) != n_records:
+        raise TiveError(f"{path}: holds {n_records} records, the selection has {len(repeats)}; prepare again")
+    return repeats
+
+
+def _write_selected(path: Path, fmt: str, repeats: list[int], out_dir: Path, *, lines: list[str] | None = None,
+                    objects: list[Any] | None = None, source: Any = None) -> Path:
+    """Write the records `repeats` selects, in kind: JSONL `lines`, JSON `objects`, or rows of `source`."""
+    if fmt not in SUBSET_NAMES:
+        raise ValueError(f"unknown dataset format {fmt!r}; expected one of {', '.join(FORMATS)}")
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
-    out_path = out_dir / SUBSET_NAMES[dataset.format]
-    input_path = Path(dataset.path).resolve()
+    out_path = out_dir / SUBSET_NAMES[fmt]
+    input_path = Path(path).resolve()
     if out_path.resolve() == input_path or input_path.is_relative_to(out_path.resolve()):
         raise TiveError(f"{out_path}: the subset would overwrite the input; choose another output directory")
-
-    if dataset.format in (FORMAT_PARQUET, FORMAT_HF_DATASET):
-        if dataset.source is None:
-            raise ValueError(f"a {dataset.format} dataset needs its source table to write a subset")
+    if fmt in (FORMAT_PARQUET, FORMAT_HF_DATASET):
         indices = [index for index, count in enumerate(repeats) for _ in range(count)]
-        if dataset.format == FORMAT_PARQUET:
-            arrow.write_parquet_subset(dataset.source, indices, out_path)
+        if fmt == FORMAT_PARQUET:
+            arrow.write_parquet_subset(source, indices, out_path)
         else:
-            arrow.write_hf_subset(dataset.source, indices, out_path)
+            arrow.write_hf_subset(source, indices, out_path)
         return out_path
-
-    if dataset.format == FORMAT_JSONL:
-        lines = dataset.raw_lines
-        if lines is None:
-            lines = [json.dumps(record.raw, ensure_ascii=False) for record in dataset.records]
+    if fmt == FORMAT_JSONL:
+        assert lines is not None
         text = "".join(line + "\n" for line, count in zip(lines, repeats) for _ in range(count))
     else:
-        selected = [record.raw for record, count in zip(dataset.records, repeats) for _ in range(count)]
+        assert objects is not None
+        selected = [obj for obj, count in zip(objects, repeats) for _ in range(count)]
         text = json.dumps(selected, ensure_ascii=False, indent=2) + "\n"
-
     _write_atomically(out_path, text)
     return out_path
 

@@ -21,6 +21,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Generator, Hashable
 
+from tive.badrecords import BadRecords, check_policy
 from tive.data.formats import Dataset
 from tive.data.records import EmbeddedImage, Record
 from tive.data.shapes import is_remote_url
@@ -29,16 +30,14 @@ from tive.errors import DataError, TiveError
 if TYPE_CHECKING:
     from PIL.Image import Image as PILImage
 
-ON_MISSING_CHOICES = ("error", "skip")
-
 # Above this many distinct images the check takes long enough to deserve a progress bar.
 _PROGRESS_THRESHOLD = 2000
 
-_MISSING_HINT = "fix the path or pass --on-missing-image skip"
-_EMBEDDED_HINT = "fix or remove the image bytes in the dataset, or pass --on-missing-image skip"
+_MISSING_HINT = "fix the path or pass --on-bad-record skip"
+_EMBEDDED_HINT = "fix or remove the image bytes in the dataset, or pass --on-bad-record skip"
 _REMOTE_HINT = (
     "download the images and refer to them by paths under --images (or embed them as data: URLs), "
-    "or pass --on-missing-image skip"
+    "or pass --on-bad-record skip"
 )
 _ESCAPE_HINT = "put the images under --images and refer to them by paths relative to it"
 
@@ -50,13 +49,24 @@ class _Remote:
     url: str
 
 
-def check_images(dataset: Dataset, image_root: Path | str | None, on_missing: str = "error") -> None:
-    """Resolve, confine and verify every image of every ok record.
+@dataclass(frozen=True)
+class _Invalid:
+    """An image reference that is not a usable path (a NUL byte, ...)."""
 
-    Each distinct file is opened once with Pillow and `Image.verify()`ed (any format Pillow reads, whatever the
-    file's extension), because real datasets reuse the same image across many records; each embedded image is
-    decoded from its bytes the same way. A remote URL is not fetched and counts as missing. On success each ok
-    record's `image_paths` holds, per image, its resolved path (None for an embedded image).
+    written: str
+    reason: str
+
+
+def check_images(
+    dataset: Dataset, image_root: Path | str | None, on_missing: str = "error", max_bad_fraction: float = 1.0
+) -> BadRecords:
+    """Resolve, confine and check every image of every ok record.
+
+    Each distinct file is opened once with Pillow and checked (`_problem`: any format Pillow reads, whatever the
+    file's extension; a JPEG cut short is caught by its missing end marker and a draft decode), because real
+    datasets reuse the same image across many records; each embedded image is checked from its bytes the same
+    way. A remote URL is not fetched and counts as missing. On success each ok record's `image_paths` holds, per
+    image, its resolved path (None for an embedded image).
 
     Args:
         dataset: the loaded input; its records' `status` and `image_paths` are updated in place.
@@ -64,56 +74,59 @@ def check_images(dataset: Dataset, image_root: Path | str | None, on_missing: st
             it; absolute paths are accepted only when they lie inside it. Not needed when every image is
             embedded.
         on_missing: "error" to stop at the first missing, remote or unreadable image, "skip" to mark such
-            records `skipped: ...` and carry on.
+            records `skipped: ...` and carry on (`--on-bad-record`).
+        max_bad_fraction: with "skip", the share of the records with images that may be skipped before the check
+            stops (see `tive.badrecords`): a wrong image root stops, it does not skip everything.
+
+    Returns:
+        The skipped records and their reasons.
 
     Raises:
-        ValueError: `on_missing` is not "error" or "skip".
-        TiveError: records have file images but no image root was given, or the root is not a directory.
+        TiveError: records have file images but no image root was given, the root is not a directory, or (with
+            "skip") too many records have bad images.
         DataError: a path leaves the image root (always), or with on_missing="error" an image is missing,
-            remote or unreadable; the field is the one the image came from (`image`, `images`,
-            `messages[0].content[1].image_url`, ...).
+            remote, unreadable or its path is not a valid path; the field is the one the image came from
+            (`image`, `images`, `messages[0].content[1].image_url`, ...).
     """
-    if on_missing not in ON_MISSING_CHOICES:
-        raise ValueError(f"on_missing must be one of {ON_MISSING_CHOICES}, got {on_missing!r}")
-
+    check_policy(on_missing, max_bad_fraction)
     with_images = [record for record in dataset.records if record.ok and record.images]
+    bad = BadRecords("prepare", dataset.path, on_missing, max_bad_fraction, len(with_images))
     if not with_images:
-        return
+        return bad
     root = _image_root(dataset, with_images, image_root)
 
     # Pass 1: resolve and confine every path before opening any file, so an escaping path is refused
-    # regardless of --on-missing-image. Remember the first record that uses each distinct image.
+    # regardless of --on-bad-record. Remember the first record that uses each distinct image.
     keys_by_record: list[tuple[Record, list[Hashable]]] = []
-    first_user: dict[Hashable, tuple[Record, int]] = {}
+    users: dict[Hashable, list[tuple[Record, int]]] = {}
     for record in with_images:
         keys = _image_keys(dataset, record, root)
         for position, key in enumerate(keys):
-            first_user.setdefault(key, (record, position))
+            users.setdefault(key, []).append((record, position))
         keys_by_record.append((record, keys))
 
     # Pass 2: check each distinct image once, in order of first use, so that in "error" mode the reported record
-    # is the earliest one with a bad image.
+    # is the earliest one with a bad image; in "skip" mode every record using a bad image is counted as it is found.
     problems: dict[Hashable, str] = {}
     # closing(): stop the worker threads and the progress bar at once when an error leaves the loop.
-    with closing(_check_files(list(first_user))) as results:
+    with closing(_check_files(list(users))) as results:
         for key, problem in results:
-            if problem is None:
-                continue
-            if on_missing == "error":
-                record, position = first_user[key]
-                message, hint = _error_message(key, record.images[position], problem)
-                raise DataError(
-                    dataset.path, record.index, record.record_id, record.image_field(position), message, hint
-                )
-            problems[key] = _skip_reason(key, problem)
+            if problem is not None:
+                problems[key] = _skip_reason(key, problem)
+                for record, position in users[key]:
+                    message, hint = _error_message(key, record.images[position], problem)
+                    bad.fail(record.index, record.record_id, record.image_field(position),
+                             message if on_missing == "error" else problems[key], hint)
+            bad.done(len(users[key]))
 
     # Pass 3: per-record outcome.
     for record, keys in keys_by_record:
-        bad = next((key for key in keys if key in problems), None)
-        if bad is None:
+        failed = next((key for key in keys if key in problems), None)
+        if failed is None:
             record.image_paths = [key if isinstance(key, Path) else None for key in keys]
         else:
-            record.status = f"skipped: {problems[bad]}"
+            record.status = f"skipped: {problems[failed]}"
+    return bad
 
 
 def resolve_image_paths(dataset: Dataset, image_root: Path | str | None) -> None:
@@ -133,38 +146,44 @@ def resolve_image_paths(dataset: Dataset, image_root: Path | str | None) -> None
     for record in with_images:
         keys = _image_keys(dataset, record, root)
         for position, key in enumerate(keys):
-            if isinstance(key, _Remote):
-                message, hint = _error_message(key, key.url, ("remote", ""))
+            if isinstance(key, (_Remote, _Invalid)):
+                message, hint = _error_message(key, record.images[position], ("invalid", ""))
                 raise DataError(
                     dataset.path, record.index, record.record_id, record.image_field(position), message, hint
                 )
         record.image_paths = [key if isinstance(key, Path) else None for key in keys]
 
 
-def open_images(record: Record) -> list[PILImage]:
-    """The record's images, in order, as RGB PIL images: embedded bytes decoded, files opened.
-
-    File images are opened from `record.image_paths`, so run `check_images` (or `resolve_image_paths`) first.
+def open_image(record: Record, position: int) -> Any:
+    """What `PIL.Image.open` takes for the record's image at `position`: its resolved file, or its embedded bytes.
 
     Raises:
         TiveError: a file image has no resolved path (the check was not run, or the record was skipped).
     """
+    embedded = record.embedded_image(position)
+    if embedded is not None:
+        return io.BytesIO(embedded.read())
+    path = record.image_paths[position] if position < len(record.image_paths) else None
+    if path is None:
+        raise TiveError(
+            f"record {record.index}: image {record.images[position]!r} has no resolved path; "
+            "run check_images (or resolve_image_paths) on the dataset first"
+        )
+    return path
+
+
+def open_images(record: Record) -> list[PILImage]:
+    """The record's images, in order, as RGB PIL images: embedded bytes decoded, files opened.
+
+    File images are opened from `record.image_paths`, so run `check_images` (or `resolve_image_paths`) first. An
+    image that cannot be decoded raises what Pillow raises (OSError for a truncated file, ...): the caller decides
+    whether that skips the record.
+    """
     from PIL import Image
 
     images = []
-    for position, written in enumerate(record.images):
-        embedded = record.embedded_image(position)
-        if embedded is not None:
-            with Image.open(io.BytesIO(embedded.read())) as image:
-                images.append(image.convert("RGB"))
-            continue
-        path = record.image_paths[position] if position < len(record.image_paths) else None
-        if path is None:
-            raise TiveError(
-                f"record {record.index}: image {written!r} has no resolved path; "
-                "run check_images (or resolve_image_paths) on the dataset first"
-            )
-        with Image.open(path) as image:
+    for position in range(len(record.images)):
+        with Image.open(open_image(record, position)) as image:
             images.append(image.convert("RGB"))
     return images
 
@@ -212,6 +231,8 @@ def _error_message(key: Hashable, written: str, problem: tuple[str, str]) -> tup
             f"image {written!r} is a remote URL; tive works offline and never downloads images",
             _REMOTE_HINT,
         )
+    if isinstance(key, _Invalid):
+        return f"image {written!r} is not a valid path: {key.reason}", _MISSING_HINT
     if isinstance(key, EmbeddedImage):
         return f"embedded image {written!r} is not a readable image: {reason}", _EMBEDDED_HINT
     if kind == "missing":
@@ -224,6 +245,8 @@ def _skip_reason(key: Hashable, problem: tuple[str, str]) -> str:
     kind, reason = problem
     if isinstance(key, _Remote):
         return f"remote image {key.url} (not fetched offline)"
+    if isinstance(key, _Invalid):
+        return f"invalid image path {key.written!r} ({key.reason})"
     if isinstance(key, EmbeddedImage):
         return f"unreadable embedded image {key.name or '<embedded image>'}: {reason}"
     if kind == "missing":
@@ -231,13 +254,19 @@ def _skip_reason(key: Hashable, problem: tuple[str, str]) -> str:
     return f"unreadable image {key}: {reason}"
 
 
-def _resolve_inside(dataset: Dataset, record: Record, position: int, root: Path, written: str) -> Path:
-    """Resolve a record's image path under `root` and refuse it if it ends up outside."""
+def _resolve_inside(dataset: Dataset, record: Record, position: int, root: Path, written: str) -> Path | _Invalid:
+    """Resolve a record's image path under `root` and refuse it if it ends up outside; `_Invalid` when it is not a
+    path at all."""
+    if "\0" in written:
+        return _Invalid(written, "it holds a NUL byte")
     candidate = Path(written)
     if not candidate.is_absolute():
         candidate = root / candidate
     # resolve() follows symlinks, so a link inside the root that points outside is caught as well.
-    resolved = candidate.resolve()
+    try:
+        resolved = candidate.resolve()
+    except (OSError, ValueError) as err:  # a path the OS refuses (too long, a loop of links, ...)
+        return _Invalid(written, str(err) or type(err).__name__)
     if not resolved.is_relative_to(root):
         raise DataError(
             dataset.path,
@@ -288,6 +317,8 @@ def _problem(key: Any) -> tuple[str, str] | None:
     """("missing" | "unreadable" | "remote", reason) when the image is not usable, None when Pillow can read it."""
     if isinstance(key, _Remote):
         return ("remote", "not fetched offline")
+    if isinstance(key, _Invalid):
+        return ("invalid", key.reason)
     from PIL import Image
 
     if isinstance(key, EmbeddedImage):
@@ -302,7 +333,40 @@ def _problem(key: Any) -> tuple[str, str] | None:
         source = key
     try:
         with Image.open(source) as image:
+            kind = image.format
             image.verify()
+        if kind == "JPEG":
+            _check_jpeg_complete(source)
+        elif kind != "PNG":  # verify() reads a PNG's every chunk; for other formats only a decode tells
+            if isinstance(source, io.BytesIO):
+                source.seek(0)
+            with Image.open(source) as image:
+                image.load()
     except Exception as err:  # Pillow raises many kinds: OSError, SyntaxError, ValueError, DecompressionBombError
         return ("unreadable", str(err) or type(err).__name__)
     return None
+
+
+def _check_jpeg_complete(source: Any) -> None:
+    """Raise OSError when a JPEG is cut short. `Image.verify()` does not decode JPEG data, so a truncated file
+    passes it and fails hours later, in the middle of a stage.
+
+    A complete JPEG ends with the end-of-image marker (FF D9), possibly followed by padding; reading the last
+    bytes costs nothing. Only a file without the marker (cut short, or with data appended after it) is decoded,
+    in draft mode (1/8 scale), which fails with "image file is truncated" exactly when the data is incomplete.
+    """
+    from PIL import Image
+
+    if isinstance(source, io.BytesIO):
+        tail = source.getvalue()[-4096:]
+        source.seek(0)
+    else:
+        with open(source, "rb") as handle:
+            handle.seek(0, os.SEEK_END)
+            handle.seek(max(0, handle.tell() - 4096))
+            tail = handle.read()
+    if tail.rstrip(b"\x00\r\n\t ").endswith(b"\xff\xd9"):
+        return
+    with Image.open(source) as image:
+        image.draft("RGB", (max(1, image.width // 8), max(1, image.height // 8)))
+        image.load()

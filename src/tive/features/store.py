@@ -1,100 +1,195 @@
-"""The feature store: per-chunk files committed atomically, merged into memory-mappable arrays.
+"""The feature store: per-chunk files committed atomically by any number of processes, merged into
+memory-mappable arrays.
 
-    features/meta.json                    provenance; "complete": true once merged (written last)
-    features/chunks/chunk_000003.x.npy    projected gradients of rows [3*chunk_size, 4*chunk_size)
-    features/chunks/chunk_000003.norm.npy their unprojected L2 norms (written second: the chunk's marker)
-    features/features.npy                 all rows (float32, rows = ok manifest records in manifest order)
-    features/norms.npy                    all norms (float64)
+    features/meta.json                     provenance (`request` + what the model gave); "complete": true once
+                                           merged, written last
+    features/chunks/chunk_000003.x.npy     projected gradients of the ok records of chunk 3
+    features/chunks/chunk_000003.norm.npy  their unprojected L2 norms
+    features/chunks/chunk_000003.json      the chunk's marker, written last: its ok records, the records skipped
+                                           (with reasons), truncations, the batch size and who computed it
+    features/features.npy                  all rows (rows = ok manifest records, in manifest order)
+    features/norms.npy                     all norms (float64)
 
-A killed run leaves at most temporary files; a rerun with the same provenance recomputes only chunks whose
-marker is missing, and the merged arrays are byte-identical to an uninterrupted run's.
+**Chunks.** The records a features run works on (its *candidates*: the records prepare left ok) are cut into
+chunks of `chunk_size` in manifest order; chunk c belongs to rank c mod world of the launch that computes it
+(`tive.launch`). A chunk is the unit of resumption: a process commits each of its chunks as it finishes, a
+killed or resumed run (with any number of processes) recomputes only the chunks without a marker, and the merged
+arrays are byte-identical to an uninterrupted run's on the CPU. Chunks left without a `meta.json` (their
+provenance unknown) are never reused.
+
+**Merge.** Once every chunk has its marker, whoever finishes last (rank 0 of a torchrun/srun launch, the last
+shard, or `tive score`) validates each chunk's shapes, concatenates them into features.npy / norms.npy, writes
+`meta.json` with "complete": true and removes the chunks, so the store on disk is the final arrays. Two mergers
+racing is harmless: they write identical bytes through atomic renames.
+
+**Provenance.** `meta.json`'s `request` holds everything that decides the numbers and is known before the model is
+loaded (model fingerprint, adapter SHA-256, encoding version, projector type/version/seed/dimension, gradient
+mode, the candidates, chunk size, weight dtype, maximum length, feature dtype): a store made with another request
+is refused (or, with force, discarded), and a complete one with the same request means there is nothing to do.
 """
 
 from __future__ import annotations
 
 import shutil
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
 from tive.errors import TiveError
-from tive.io import atomic_path, read_json, write_json
+from tive.io import atomic_path, read_json, sha256_json, write_json
 
 META_FILE = "meta.json"
 FEATURES_FILE = "features.npy"
 NORMS_FILE = "norms.npy"
 CHUNKS_DIR = "chunks"
 
-# Keys of meta.json that must match for stored features to be reused.
-PROVENANCE_KEYS = (
-    "model_fingerprint", "adapter_sha256", "projector", "grad_dim", "grad_mode", "records_sha256", "chunk_size"
-)
+FEATURE_DTYPES = ("float16", "float32")
 
 
 class FeatureStore:
-    """Chunks and merged arrays of one run's features."""
+    """Chunks, merged arrays and provenance of one run's features."""
 
     def __init__(self, features_dir: Path) -> None:
-        self.dir = features_dir
-        self.chunks_dir = features_dir / CHUNKS_DIR
+        self.dir = Path(features_dir)
+        self.chunks_dir = self.dir / CHUNKS_DIR
+        self.meta_path = self.dir / META_FILE
 
-    def open(self, meta: dict[str, Any], force: bool) -> bool:
-        """Start or resume a store with provenance `meta`. Returns True when merged features already exist.
+    # ---------------------------------------------------------------------------------------------- provenance
+    def meta(self) -> dict[str, Any] | None:
+        """The store's meta.json, or None when there is none."""
+        return read_json(self.meta_path) if self.meta_path.is_file() else None
 
-        Refuses stored features with other provenance unless `force`, in which case they are deleted.
+    def differing(self, request: dict[str, Any]) -> list[str]:
+        """The keys of `request` whose stored value differs (empty when the store was made with this request)."""
+        meta = self.meta()
+        if meta is None:
+            return []
+        old = meta.get("request", {})
+        return sorted(key for key in request.keys() | old.keys() if old.get(key) != request.get(key))
+
+    def is_complete(self, request: dict[str, Any]) -> bool:
+        meta = self.meta()
+        return bool(meta and meta.get("complete") and not self.differing(request))
+
+    def start(self, request: dict[str, Any], force: bool, shared: bool) -> None:
+        """Start or resume a store for `request`.
+
+        Refuses a store made with another request unless `force` (then it is discarded). Chunks without a
+        meta.json are discarded: nothing says what made them. `shared`: other processes may be writing the same
+        store now, so nothing is discarded (a --force needs one process).
         """
-        meta_path = self.dir / META_FILE
-        if meta_path.is_file():
-            old = read_json(meta_path)
-            differing = [key for key in PROVENANCE_KEYS if old.get(key) != meta.get(key)]
-            if differing and not force:
+        differing = self.differing(request)
+        if differing and not force:
+            raise TiveError(
+                f"{self.dir}: holds features made with other {', '.join(differing)}; pass --force to discard them "
+                "and recompute"
+            )
+        if (differing or force) and self.dir.exists():
+            if shared:
                 raise TiveError(
-                    f"{self.dir}: holds features made with other {', '.join(differing)}; "
-                    "pass --force to discard them and recompute"
+                    f"{self.dir}: --force with several processes would let them delete each other's work; remove "
+                    f"{self.dir} once, then launch without --force"
                 )
-            if differing:
-                shutil.rmtree(self.dir)
-            elif old.get("complete"):
-                return True
+            shutil.rmtree(self.dir)
+        if self.meta() is None and self.chunks_dir.is_dir() and not shared:
+            shutil.rmtree(self.chunks_dir)  # leftovers of unknown provenance
         self.chunks_dir.mkdir(parents=True, exist_ok=True)
-        write_json(meta_path, {**meta, "complete": False})
-        return False
+        if self.meta() is None:
+            write_json(self.meta_path, {"request": request, "complete": False})
 
-    def _chunk_paths(self, chunk: int) -> tuple[Path, Path]:
+    def update_meta(self, **fields: Any) -> None:
+        write_json(self.meta_path, {**(self.meta() or {}), **fields})
+
+    # -------------------------------------------------------------------------------------------------- chunks
+    def _chunk_paths(self, chunk: int) -> tuple[Path, Path, Path]:
         stem = self.chunks_dir / f"chunk_{chunk:06d}"
-        return stem.with_suffix(".x.npy"), stem.with_suffix(".norm.npy")
+        return Path(f"{stem}.x.npy"), Path(f"{stem}.norm.npy"), Path(f"{stem}.json")
 
     def has_chunk(self, chunk: int) -> bool:
-        return self._chunk_paths(chunk)[1].is_file()
+        return self._chunk_paths(chunk)[2].is_file()
 
-    def write_chunk(self, chunk: int, features: np.ndarray, norms: np.ndarray) -> None:
-        x_path, norm_path = self._chunk_paths(chunk)
-        with atomic_path(x_path) as tmp:
-            with open(tmp, "wb") as f:
-                np.save(f, features.astype(np.float32, copy=False))
-        with atomic_path(norm_path) as tmp:
-            with open(tmp, "wb") as f:
-                np.save(f, norms.astype(np.float64, copy=False))
+    def missing_chunks(self, n_chunks: int) -> list[int]:
+        return [chunk for chunk in range(n_chunks) if not self.has_chunk(chunk)]
 
-    def merge(self, n_chunks: int, n_rows: int, proj_dim: int, meta: dict[str, Any]) -> None:
-        """Concatenate all chunks into features.npy / norms.npy, then mark the store complete."""
+    def write_chunk(self, chunk: int, features: np.ndarray, norms: np.ndarray, info: dict[str, Any]) -> None:
+        """Commit one chunk: its arrays, then its marker (`info`: at least `rows`, the ok records' indices)."""
+        x_path, norm_path, marker = self._chunk_paths(chunk)
+        if len(features) != len(info["rows"]) or len(norms) != len(info["rows"]):
+            raise ValueError(f"chunk {chunk}: {len(features)} feature rows and {len(norms)} norms for "
+                             f"{len(info['rows'])} records")
+        for path, array in ((x_path, features), (norm_path, norms.astype(np.float64, copy=False))):
+            with atomic_path(path) as tmp:
+                with open(tmp, "wb") as f:
+                    np.save(f, array)
+        write_json(marker, info)
+
+    def chunk_info(self, chunk: int) -> dict[str, Any]:
+        return read_json(self._chunk_paths(chunk)[2])
+
+    # --------------------------------------------------------------------------------------------------- merge
+    def merge(self, chunk_records: Sequence[Sequence[int]], proj_dim: int, dtype: str) -> dict[str, Any]:
+        """Concatenate every chunk into features.npy / norms.npy, mark the store complete, remove the chunks.
+
+        Args:
+            chunk_records: per chunk, the indices of its candidate records (what the chunk must account for).
+            proj_dim: the feature dimension every chunk must have.
+            dtype: the stored feature dtype.
+
+        Returns:
+            The complete meta.json, with `records` (rows), `records_sha256` (of their indices), `skipped`
+            (index → reason), `truncated_records` and the batch sizes used.
+
+        Raises:
+            TiveError: a chunk is missing, or its files do not fit its records (then recompute with --force).
+        """
+        infos = []
+        for chunk, records in enumerate(chunk_records):
+            if not self.has_chunk(chunk):
+                raise TiveError(f"{self.chunks_dir}: chunk {chunk} is missing; run `tive features` to compute it")
+            info = self.chunk_info(chunk)
+            accounted = sorted(list(info["rows"]) + [int(i) for i in info.get("skipped", {})])
+            if accounted != sorted(records):
+                raise TiveError(
+                    f"{self._chunk_paths(chunk)[2]}: accounts for other records than chunk {chunk} holds; the "
+                    "store is inconsistent: rerun `tive features` with --force"
+                )
+            infos.append(info)
+        n_rows = sum(len(info["rows"]) for info in infos)
+        np_dtype = np.dtype(dtype)
         with atomic_path(self.dir / FEATURES_FILE) as tmp_x, atomic_path(self.dir / NORMS_FILE) as tmp_n:
-            features = np.lib.format.open_memmap(tmp_x, mode="w+", dtype=np.float32, shape=(n_rows, proj_dim))
+            features = np.lib.format.open_memmap(tmp_x, mode="w+", dtype=np_dtype, shape=(n_rows, proj_dim))
             norms = np.lib.format.open_memmap(tmp_n, mode="w+", dtype=np.float64, shape=(n_rows,))
             row = 0
-            for chunk in range(n_chunks):
-                x_path, norm_path = self._chunk_paths(chunk)
-                x, n = np.load(x_path), np.load(norm_path)
+            for chunk, info in enumerate(infos):
+                x_path, norm_path, _ = self._chunk_paths(chunk)
+                x, n = np.load(x_path, mmap_mode="r"), np.load(norm_path)
+                expected = (len(info["rows"]), proj_dim)
+                if x.shape != expected or x.dtype != np_dtype or n.shape != expected[:1]:
+                    raise TiveError(
+                        f"{x_path}: shape {x.shape} {x.dtype} with {n.shape[0]} norms, expected {expected} "
+                        f"{np_dtype}; the store is inconsistent: rerun `tive features` with --force"
+                    )
                 features[row : row + len(x)] = x
                 norms[row : row + len(n)] = n
                 row += len(x)
-            if row != n_rows:
-                raise TiveError(f"{self.chunks_dir}: chunks hold {row} rows, expected {n_rows}; rerun with --force")
             features.flush()
             norms.flush()
             del features, norms
-        write_json(self.dir / META_FILE, {**meta, "complete": True})
+        skipped = {str(i): reason for info in infos for i, reason in info.get("skipped", {}).items()}
+        complete = {
+            **(self.meta() or {}),
+            "records": n_rows,
+            "records_sha256": sha256_json([int(i) for info in infos for i in info["rows"]]),
+            "skipped": dict(sorted(skipped.items(), key=lambda kv: int(kv[0]))),
+            "truncated_records": sum(len(info.get("truncated", [])) for info in infos),
+            "batch_sizes": sorted({int(info["batch_size"]) for info in infos if "batch_size" in info}),
+            "complete": True,
+        }
+        write_json(self.meta_path, complete)  # last: the store's completion marker
+        shutil.rmtree(self.chunks_dir, ignore_errors=True)
+        return complete
 
 
 def load_features(features_dir: Path, n_rows: int) -> tuple[np.ndarray, np.ndarray]:

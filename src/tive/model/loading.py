@@ -300,15 +300,23 @@ def check_reference_adapter(adapter_dir: Path, model_dir: Path) -> dict[str, Any
     with torch.device("meta"):
         model = AutoModelForImageTextToText.from_config(AutoConfig.from_pretrained(model_dir))
     parameters = dict(model.named_parameters(remove_duplicate=False))
+    scope = language_model_prefix(model)
     with safe_open(adapter_dir / "adapter_model.safetensors", framework="pt") as weights:
         keys = list(weights.keys())
         if not any(".lora_" in key for key in keys):
             raise TiveError(f"{where}: adapter_model.safetensors holds no LoRA matrix")
         for key in keys:
             shape = tuple(weights.get_slice(key).get_shape())
-            problem = _adapter_tensor_problem(key.removeprefix("base_model.model."), shape, parameters)
+            name = key.removeprefix("base_model.model.")
+            problem = _adapter_tensor_problem(name, shape, parameters)
             if problem:
                 raise TiveError(f"{where}: tensor {key} does not fit --model {model_dir}: {problem}")
+            if ".lora_" in name and not name.startswith(scope + "."):
+                raise TiveError(
+                    f"{where}: tensor {key} adapts {name.split('.lora_')[0]}, outside the language model ({scope}); "
+                    "tive's gradient features are taken in the language model only: pass an adapter whose LoRA "
+                    "targets are inside it"
+                )
     return config
 
 

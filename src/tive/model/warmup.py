@@ -1,21 +1,46 @@
-"""The warm-up: a LoRA fine-tune of the base model on a small task-balanced sample (the reference model)."""
+"""The warm-up: a LoRA fine-tune of the base model on a small task-balanced sample (the reference model).
+
+One code path for one process and N ranks (`torchrun`, `srun`): `accelerate` wraps the model (DDP), places it on
+each rank's device and saves / restores the training state; tive decides the data and the loss.
+
+**The same training for any number of ranks.** The optimiser step is over a *global batch* of `batch_size`
+records, taken in a seeded order that does not depend on the number of ranks. Each rank encodes its share of the
+global batch (in DataLoader workers, a micro-batch of at most `per_device_batch_size` records at a time) and the
+loss of a micro-batch is the sum of its records' losses (each the mean over its own answer tokens) divided by
+the number of records of the whole global batch, times the number of ranks (DDP averages gradients over ranks).
+So every step's gradient is exactly the gradient of the mean per-record loss over the global batch — for 1 rank
+or 8, with or without gradient accumulation — and only float rounding differs.
+
+**Resumable.** Every `checkpoint_every` steps the trained parameters, the optimiser's state and the step are saved
+to `checkpoint/state.pt` (the base weights are not: they do not change); an interrupted warm-up rerun with the same
+settings continues from there, with the same data order and schedule.
+
+**Reproducible.** The data order comes from `torch.Generator(seed)`; dropout (where a checkpoint's config has
+it) from the global generator seeded with the seed (and the rank) for the duration of the training.
+"""
 
 from __future__ import annotations
 
 import json
 import logging
 import math
-import time
+import shutil
 from collections.abc import Sequence
+from contextlib import nullcontext
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from tive.model.encode import answer_loss_per_record, collate
+from tive.badrecords import BadRecords
+from tive.data.records import Record
+from tive.rundir import TRAIN_LOG
 from tive.select import split_budget
 
 log = logging.getLogger("tive")
+
+CHECKPOINT_DIR = "checkpoint"
 
 
 def warmup_sample(tasks: Sequence[str], fraction: float, seed: int) -> list[int]:
@@ -39,64 +64,204 @@ def warmup_sample(tasks: Sequence[str], fraction: float, seed: int) -> list[int]
     return sorted(chosen)
 
 
+@dataclass(frozen=True)
+class BatchPlan:
+    """How a global batch is split: `batch_size` = `per_device` × `world` × `accumulation` (at most)."""
+
+    batch_size: int
+    per_device: int
+    world: int
+    accumulation: int
+
+    @classmethod
+    def make(cls, batch_size: int, per_device_batch_size: int | None, world: int) -> BatchPlan:
+        share = math.ceil(batch_size / world)
+        per_device = min(share, per_device_batch_size or share)
+        return cls(batch_size, per_device, world, math.ceil(share / per_device))
+
+    def describe(self) -> str:
+        return (f"effective batch {self.batch_size} = {self.per_device} per device x {self.world} rank(s) x "
+                f"{self.accumulation} accumulation step(s)")
+
+
+def epoch_orders(n: int, epochs: int, seed: int) -> list[list[int]]:
+    """The record order of every epoch, from one seeded generator (independent of the number of ranks)."""
+    import torch
+
+    generator = torch.Generator().manual_seed(seed)
+    return [torch.randperm(n, generator=generator).tolist() for _ in range(epochs)]
+
+
+def rank_micro_batches(batch: Sequence[int], plan: BatchPlan, rank: int) -> list[list[int]]:
+    """This rank's micro-batches of one global batch: its contiguous share, cut into `per_device` records."""
+    share = math.ceil(len(batch) / plan.world)
+    mine = list(batch[rank * share : (rank + 1) * share])
+    return [mine[i : i + plan.per_device] for i in range(0, len(mine), plan.per_device)]
+
+
 def train_warmup(
     model: Any,
-    processor: Any,
-    items: Sequence[dict[str, Any]],
+    encoder: Any,
+    records: Sequence[Record],
     *,
     epochs: int,
-    batch_size: int,
+    plan: BatchPlan,
     learning_rate: float,
     seed: int,
-    device: str,
-    log_path: Path,
-) -> list[float]:
-    """Train the trainable parameters of `model` on encoded records (`encode_records`); returns each step's loss.
+    accelerator: Any,
+    out_dir: Path,
+    bad: BadRecords,
+    checkpoint_every: int = 0,
+    resume_key: str = "",
+    workers: int | None = None,
+    progress_interval: float = 30.0,
+) -> tuple[list[float], set[int]]:
+    """Train the trainable parameters of `model` on `records`; returns each optimiser step's loss and the indices
+    of the records `--max-length` cut (on this rank).
 
-    AdamW, cosine schedule with 3% linear warm-up steps (the authors' recipe). Each step's loss is the mean over
-    its records of the per-record mean answer-token loss. The loss per step is appended to `log_path` (JSONL).
+    AdamW, cosine schedule with 3% linear warm-up steps (the authors' recipe). A step's loss is the mean over the
+    records of its global batch of each record's mean answer-token loss. Records that cannot be encoded are
+    reported to `bad` (skipped, or the run stops) and leave their batch smaller.
+
+    Args:
+        model: the peft model (unwrapped); `accelerator.prepare` wraps it.
+        encoder: a `tive.model.encode.Encoder`.
+        records: the warm-up records.
+        epochs: passes over `records`.
+        plan: the global batch and its split over ranks and accumulation steps.
+        learning_rate: AdamW's peak learning rate.
+        seed: seeds the data order and dropout.
+        accelerator: an `accelerate.Accelerator` (one process or one rank of several).
+        out_dir: the warm-up directory: train_log.jsonl and checkpoint/ go there.
+        bad: collects the records that could not be encoded.
+        checkpoint_every: save the training state every this many steps (0: never).
+        resume_key: identifies the settings; a checkpoint made with another key is not resumed.
+        workers: DataLoader workers encoding ahead (None: `default_workers()`).
+        progress_interval: seconds between progress lines when the output is not a terminal.
     """
     import torch
-    from tqdm import tqdm
     from transformers import get_cosine_schedule_with_warmup
 
-    encoded = list(items)
-    pad_id = processor.tokenizer.pad_token_id
-    if pad_id is None:
-        pad_id = processor.tokenizer.eos_token_id or 0
-    steps_per_epoch = math.ceil(len(encoded) / batch_size)
+    from tive.model.data import RecordBatches, iterate_batches
+    from tive.model.encode import answer_loss_per_record
+    from tive.progress import Progress
+
+    rank, world = accelerator.process_index, accelerator.num_processes
+    steps_per_epoch = math.ceil(len(records) / plan.batch_size)
     total_steps = steps_per_epoch * epochs
     trainable = [p for p in model.parameters() if p.requires_grad]
     optimizer = torch.optim.AdamW(trainable, lr=learning_rate, weight_decay=0.0)
     scheduler = get_cosine_schedule_with_warmup(optimizer, math.ceil(0.03 * total_steps), total_steps)
-    generator = torch.Generator().manual_seed(seed)
-    model.train()
-    losses: list[float] = []
-    started = time.perf_counter()
-    with open(log_path, "w", encoding="utf-8") as log_file, tqdm(
-        total=total_steps, desc="warm-up", unit="step", disable=None
-    ) as bar:
-        for epoch in range(epochs):
-            order = torch.randperm(len(encoded), generator=generator).tolist()
-            for step_in_epoch in range(steps_per_epoch):
-                batch_items = [encoded[i] for i in order[step_in_epoch * batch_size : (step_in_epoch + 1) * batch_size]]
-                batch = {k: v.to(device) for k, v in collate(batch_items, pad_id).items()}
-                labels = batch.pop("labels")
-                outputs = model(**batch)
-                loss = answer_loss_per_record(outputs.logits, labels).mean()
-                loss.backward()
-                optimizer.step()
+    wrapped, optimizer = accelerator.prepare(model, optimizer)
+    device = accelerator.device
+
+    checkpoint = out_dir / CHECKPOINT_DIR
+    start_step, losses = 0, []
+    resumed = _load_checkpoint(checkpoint, resume_key, model, optimizer)
+    if resumed is not None:
+        start_step, losses = resumed
+        for _ in range(start_step):  # the schedule is a function of the step: replay it
+            scheduler.step()
+        log.info("warm-up: resuming from step %d of %d (%s)", start_step, total_steps, checkpoint)
+
+    orders = epoch_orders(len(records), epochs, seed)
+    steps = [order[s * plan.batch_size : (s + 1) * plan.batch_size] for order in orders for s in range(steps_per_epoch)]
+    micro = [(step, rank_micro_batches(steps[step], plan, rank)) for step in range(start_step, total_steps)]
+    planned = [((step, k, len(parts)), [records[i] for i in part]) for step, parts in micro
+               for k, part in enumerate(parts)]
+    batches = iterate_batches(RecordBatches(encoder, planned), workers)
+
+    log_path = out_dir / TRAIN_LOG
+    if start_step == 0:
+        log_path.unlink(missing_ok=True)
+    wrapped.train()
+    last_inputs = None
+    truncated: set[int] = set()
+    with torch.random.fork_rng(devices=[torch.cuda.current_device()] if device.type == "cuda" else []), \
+            open(log_path, "a", encoding="utf-8") as log_file, \
+            Progress("warm-up", total_steps, "step", start_step, progress_interval, rank == 0) as progress:
+        torch.manual_seed(seed + rank)
+        pending = iter(batches)
+        for step in range(start_step, total_steps):
+            parts = [next(pending) for _ in micro[step - start_step][1]]
+            for part in parts:
+                for failure in part.failures:
+                    bad.fail(failure.record.index, failure.record.record_id, failure.field, failure.problem)
+                bad.done(len(part.members) + len(part.failures))
+                truncated.update(part.truncated)
+            good = [part for part in parts if part.inputs is not None]
+            local = torch.tensor([float(sum(len(part.members) for part in good))], device=device)
+            count = float(accelerator.reduce(local, "sum").item()) if world > 1 else float(local.item())
+            if count == 0:  # every record of this global batch failed: no step (the schedule moves on)
                 scheduler.step()
-                optimizer.zero_grad(set_to_none=True)
-                value = float(loss.detach())
-                losses.append(value)
-                step = len(losses)
-                log_file.write(
-                    json.dumps({"step": step, "epoch": epoch, "loss": value, "lr": scheduler.get_last_lr()[0]}) + "\n"
-                )
-                bar.update(1)
-                bar.set_postfix(loss=f"{value:.3f}")
-    model.eval()
-    log.info("warm-up: %d steps in %.1f s, loss %.4f -> %.4f", len(losses), time.perf_counter() - started,
-             losses[0], losses[-1])
-    return losses
+                progress.update(1)
+                continue
+            if not good:  # this rank has nothing, but DDP needs its backward: a zero-weight pass on old inputs
+                if last_inputs is None:
+                    raise RuntimeError("warm-up: a rank has no encodable record in its first step")
+                good, weight = [last_inputs], 0.0
+            else:
+                weight = 1.0
+            loss_sum = torch.zeros((), device=device)
+            for k, part in enumerate(good):
+                inputs = {key: value.to(device) for key, value in part.inputs.items()}
+                labels = inputs.pop("labels")
+                context = accelerator.no_sync(wrapped) if k < len(good) - 1 else nullcontext()
+                with context:
+                    per_record = answer_loss_per_record(wrapped(**inputs).logits, labels)
+                    loss = per_record.sum() * (weight * world / count)
+                    accelerator.backward(loss)
+                loss_sum += per_record.detach().sum() * weight
+                last_inputs = part
+            optimizer.step()
+            scheduler.step()
+            optimizer.zero_grad(set_to_none=True)
+            value = float((accelerator.reduce(loss_sum, "sum") if world > 1 else loss_sum).item()) / count
+            losses.append(value)
+            if rank == 0:
+                log_file.write(json.dumps({"step": step + 1, "epoch": step // steps_per_epoch, "loss": value,
+                                           "lr": scheduler.get_last_lr()[0], "records": int(count)}) + "\n")
+                log_file.flush()
+            progress.update(1, postfix=f"loss {value:.3f}")
+            if checkpoint_every and (step + 1) % checkpoint_every == 0 and step + 1 < total_steps:
+                _save_checkpoint(accelerator, checkpoint, model, optimizer, step + 1, losses, resume_key)
+    wrapped.eval()
+    accelerator.wait_for_everyone()
+    if accelerator.is_main_process:
+        shutil.rmtree(checkpoint, ignore_errors=True)
+    return losses, truncated
+
+
+def _save_checkpoint(accelerator: Any, checkpoint: Path, model: Any, optimizer: Any, step: int,
+                     losses: list[float], key: str) -> None:
+    """Save what the warm-up trains (the trainable parameters: LoRA, and the built-in models' modules_to_save),
+    the optimiser's state and the step to `checkpoint`, through a temporary file. The base weights are not saved:
+    they do not change."""
+    import torch
+
+    if accelerator.is_main_process:
+        checkpoint.mkdir(parents=True, exist_ok=True)
+        trained = {name: p.detach().cpu() for name, p in model.named_parameters() if p.requires_grad}
+        tmp = checkpoint / "state.pt.tmp"
+        torch.save({"key": key, "step": step, "losses": losses, "parameters": trained,
+                    "optimizer": optimizer.state_dict()}, tmp)
+        tmp.replace(checkpoint / "state.pt")
+    accelerator.wait_for_everyone()
+
+
+def _load_checkpoint(checkpoint: Path, key: str, model: Any, optimizer: Any) -> tuple[int, list[float]] | None:
+    """Restore a checkpoint made with the same settings (`key`) into `model` and `optimizer`; (step, losses)."""
+    import torch
+
+    path = checkpoint / "state.pt"
+    if not path.is_file():
+        return None
+    state = torch.load(path, map_location="cpu", weights_only=False)
+    if state.get("key") != key:
+        return None
+    parameters = dict(model.named_parameters())
+    with torch.no_grad():
+        for name, value in state["parameters"].items():
+            parameters[name].copy_(value)
+    optimizer.load_state_dict(state["optimizer"])
+    return int(state["step"]), list(state["losses"])

@@ -1,181 +1,270 @@
-"""`tive features`: per-record LoRA gradients of the answer loss, their norms and random projections, in chunks."""
+"""`tive features`: per-record LoRA gradients of the answer loss, their norms and random projections, in chunks.
+
+One code path for one process, the ranks of a `torchrun` / `srun` launch, and independent shards (SLURM array
+jobs, `--shard I/K`): each process computes the missing chunks it owns (`tive.launch`) and commits them to the
+store (`tive.features.store`); the store is completed by whoever finds every chunk done — rank 0 of a launch
+(which waits for its peers), the last shard, or `tive score`.
+"""
 
 from __future__ import annotations
 
-import shutil
+import time
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
+from tive.badrecords import BadRecords, check_policy
 from tive.config import FeaturesOptions
 from tive.errors import TiveError
-from tive.io import read_json, sha256_file, sha256_json, write_json
+from tive.features.store import FEATURE_DTYPES, NORMS_FILE, FeatureStore
+from tive.io import read_json, sha256_file, sha256_json
+from tive.launch import Launch, detect_launch
 from tive.rundir import (
     ADAPTER_DIR,
     ADAPTER_WEIGHTS,
     FEATURES_DIR,
+    FEATURES_SKIP,
     WARMUP_DIR,
     WARMUP_MARKER,
+    candidate_rows,
     load_prepared,
     ok_rows,
     open_run_dir,
     read_manifest,
+    stage_log,
     write_manifest,
 )
 from tive.stages.common import check_encoding_options, say
 
-# Settings of how records become model inputs; stored features made with other values are not reused.
-_ENCODING_KEYS = {"dtype": "float32", "max_length": None}
+# How often rank 0 looks for its peers' chunks while it waits to complete the store.
+_POLL_SECONDS = 5.0
 
 
-def _check_encoding_provenance(features_dir: Path, meta: dict[str, Any], force: bool) -> None:
-    """Refuse stored features made with another dtype or maximum length (unless `force`: then discard them)."""
-    meta_path = features_dir / "meta.json"
-    if not meta_path.is_file():
-        return
-    old = read_json(meta_path)
-    differing = [key for key, default in _ENCODING_KEYS.items() if old.get(key, default) != meta[key]]
-    if differing and not force:
+def read_warmup(run_dir: Path) -> dict[str, Any]:
+    """The finished warm-up's marker, refused when it was made with another encoding of the records."""
+    from tive.model.encode import ENCODING_VERSION
+
+    marker = run_dir / WARMUP_DIR / WARMUP_MARKER
+    if not marker.is_file():
+        raise TiveError(f"{marker}: missing; run `tive warmup {run_dir}` first")
+    warm = read_json(marker)
+    version = warm["settings"].get("encoding_version", 1)
+    if version != ENCODING_VERSION:
         raise TiveError(
-            f"{features_dir}: holds features made with other {', '.join(differing)}; "
-            "pass --force to discard them and recompute"
+            f"{marker}: the warm-up was made with encoding version {version}, this tive encodes records with "
+            f"version {ENCODING_VERSION} (one BOS, an end-of-turn token after every answer); rerun "
+            f"`tive warmup {run_dir} --force` (its features cannot be mixed with new ones)"
         )
-    if differing:
-        shutil.rmtree(features_dir)
+    return warm
 
 
-def _truncation_path(store: Any, chunk: int) -> Path:
-    return store.chunks_dir / f"chunk_{chunk:06d}.truncation.json"
+def feature_request(run_dir: Path, warm: dict[str, Any], options: FeaturesOptions,
+                    candidates: list[dict[str, Any]]) -> dict[str, Any]:
+    """Everything that decides the features and is known before the model is loaded (the store's provenance)."""
+    from tive.model.encode import ENCODING_VERSION
+    from tive.model.loading import model_fingerprint
+
+    model_dir = Path(warm["model_dir"])
+    fingerprint = model_fingerprint(model_dir)
+    if fingerprint != warm["model_fingerprint"]:
+        raise TiveError(f"{model_dir}: changed since the warm-up; rerun `tive warmup {run_dir} --force`")
+    return {
+        "model": warm["settings"]["model"],
+        "model_fingerprint": fingerprint,
+        "adapter_sha256": sha256_file(run_dir / WARMUP_DIR / ADAPTER_DIR / ADAPTER_WEIGHTS),
+        "encoding_version": ENCODING_VERSION,
+        "projector": {"type": options.projector, "seed": options.proj_seed, "dim": options.proj_dim},
+        "grad_mode": options.grad_mode,
+        "candidates": len(candidates),
+        "candidates_sha256": sha256_json([row["index"] for row in candidates]),
+        "chunk_size": options.chunk_size,
+        "dtype": options.dtype,
+        "max_length": options.max_length,
+        "feature_dtype": options.feature_dtype,
+        "loss": "mean cross-entropy over answer tokens",
+    }
+
+
+def _check_options(options: FeaturesOptions) -> None:
+    from tive.features.grads import GRAD_MODES
+    from tive.features.projection import PROJECTORS
+
+    for name in ("proj_dim", "chunk_size", "grad_batch_size"):
+        if getattr(options, name) < 1:
+            raise TiveError(f"--{name.replace('_', '-')} {getattr(options, name)}: must be at least 1")
+    if options.grad_mode not in GRAD_MODES:
+        raise TiveError(f"--grad-mode {options.grad_mode}: choose one of {', '.join(GRAD_MODES)}")
+    if options.projector not in PROJECTORS:
+        raise TiveError(f"--projector {options.projector}: choose one of {', '.join(PROJECTORS)}")
+    if options.feature_dtype not in FEATURE_DTYPES:
+        raise TiveError(f"--feature-dtype {options.feature_dtype}: choose one of {', '.join(FEATURE_DTYPES)}")
+    check_encoding_options(options.dtype, options.max_length)
+    check_policy(options.on_bad_record, options.max_bad_fraction)
 
 
 def run_features(run_dir: Path | str, options: FeaturesOptions) -> dict[str, Any]:
-    """Per-record LoRA gradients of the answer loss: L2 norms and random projections, in resumable chunks."""
-    import torch
-    from tqdm import tqdm
+    """Per-record LoRA gradients of the answer loss: L2 norms and random projections, in resumable chunks.
 
-    from tive.features.grads import GRAD_MODES, BatchedGradients, record_gradient
+    Returns the store's meta.json (complete), or, for a shard that leaves chunks to others, its current state.
+    """
+    _check_options(options)
+    launch = detect_launch(options.shard)
+    run_dir = open_run_dir(run_dir)
+    with stage_log(run_dir):
+        return _features(run_dir, options, launch)
+
+
+def _features(run_dir: Path, options: FeaturesOptions, launch: Launch) -> dict[str, Any]:
+    warm = read_warmup(run_dir)
+    candidates = candidate_rows(read_manifest(run_dir))
+    if not candidates:
+        raise TiveError(f"{run_dir}: no record has status ok; nothing to compute")
+    store = FeatureStore(run_dir / FEATURES_DIR)
+    request = feature_request(run_dir, warm, options, candidates)
+    if store.is_complete(request) and not options.force:
+        say(f"features: already computed with the same model, adapter and projection ({store.dir}); nothing to do")
+        return sync_manifest(run_dir, store)
+    store.start(request, options.force, shared=launch.world > 1)
+    store.update_meta(shards=launch.world)
+    size = options.chunk_size
+    chunk_rows = [candidates[start : start + size] for start in range(0, len(candidates), size)]
+    missing = store.missing_chunks(len(chunk_rows))
+    mine = [chunk for chunk in missing if launch.owns(chunk)]
+    if mine:
+        _compute(run_dir, options, launch, warm, store, chunk_rows, mine, len(candidates))
+    return complete_features(run_dir, store, wait=launch.concurrent and launch.rank == 0, launch=launch)
+
+
+def _compute(run_dir: Path, options: FeaturesOptions, launch: Launch, warm: dict[str, Any], store: FeatureStore,
+             chunk_rows: list[list[dict[str, Any]]], mine: list[int], n_candidates: int) -> None:
+    """Load the reference model and compute this process's chunks."""
+    from tive.features.extract import Extraction, extract_chunks
     from tive.features.projection import make_projector
-    from tive.features.store import FeatureStore
-    from tive.model.encode import collate, describe_truncation, encode_records
+    from tive.model.encode import Encoder
     from tive.model.loading import (
         checkpoint_in_eval,
         enable_gradient_checkpointing,
         load_with_adapter,
         lora_gradients_only,
-        model_fingerprint,
         resolve_device,
     )
+    from tive.progress import Progress
 
-    run_dir = open_run_dir(run_dir)
-    marker = run_dir / WARMUP_DIR / WARMUP_MARKER
-    if not marker.is_file():
-        raise TiveError(f"{marker}: missing; run `tive warmup {run_dir}` first")
-    warm = read_json(marker)
-    if min(options.proj_dim, options.chunk_size, options.grad_batch_size) < 1:
-        raise TiveError("--proj-dim, --chunk-size and --grad-batch-size must be at least 1")
-    if options.grad_mode not in GRAD_MODES:
-        raise TiveError(f"--grad-mode {options.grad_mode}: choose one of {', '.join(GRAD_MODES)}")
-    check_encoding_options(options.dtype, options.max_length)
-    dataset, _ = load_prepared(run_dir)
-    ok = [record for record in dataset.records if record.ok]
     device = resolve_device(options.device)
-    model_dir = Path(warm["model_dir"])
-    fingerprint = model_fingerprint(model_dir)
-    if fingerprint != warm["model_fingerprint"]:
-        raise TiveError(f"{model_dir}: changed since the warm-up; rerun `tive warmup {run_dir} --force`")
-    adapter_dir = run_dir / WARMUP_DIR / ADAPTER_DIR
-    model, processor = load_with_adapter(model_dir, adapter_dir, device, options.dtype)
+    if device == "cuda" and launch.world > 1:
+        device = f"cuda:{launch.local_rank}"
+    dataset, _ = load_prepared(run_dir)
+    model, processor = load_with_adapter(Path(warm["model_dir"]), run_dir / WARMUP_DIR / ADAPTER_DIR, device,
+                                         options.dtype)
     if options.gradient_checkpointing:
         enable_gradient_checkpointing(model)
         checkpoint_in_eval(model)
     named_params = lora_gradients_only(model)
-    params = [p for _, p in named_params]
-    grad_dim = sum(p.numel() for p in params)
+    grad_dim = sum(p.numel() for _, p in named_params)
     projector = make_projector(options.projector, grad_dim, options.proj_dim, options.proj_seed, device)
-    meta = {
-        "model": warm["settings"]["model"],
-        "model_fingerprint": fingerprint,
-        "adapter_sha256": sha256_file(adapter_dir / ADAPTER_WEIGHTS),
-        "projector": projector.describe(),
-        "grad_dim": grad_dim,
-        "proj_dim": projector.proj_dim,
-        "grad_mode": options.grad_mode,
-        "records": len(ok),
-        "records_sha256": sha256_json([r.index for r in ok]),
-        "chunk_size": options.chunk_size,
-        "loss": "mean cross-entropy over answer tokens",
-        "dtype": options.dtype,
-        "max_length": options.max_length,
-    }
-    store = FeatureStore(run_dir / FEATURES_DIR)
-    _check_encoding_provenance(store.dir, meta, options.force)
-    n_chunks = (len(ok) + options.chunk_size - 1) // options.chunk_size
-    chunks = [ok[c * options.chunk_size : (c + 1) * options.chunk_size] for c in range(n_chunks)]
-    if store.open(meta, options.force):
-        say(f"features: already computed with the same model, adapter and projection ({store.dir}); nothing to do")
-        meta = read_json(store.dir / "meta.json")
-    else:
-        pad_id = processor.tokenizer.pad_token_id or 0
-        batched = BatchedGradients(model, named_params) if options.grad_mode == "batched" else None
-        done = sum(len(chunk) for c, chunk in enumerate(chunks) if store.has_chunk(c))
+    encoder = Encoder(processor, options.max_length)
+    store.update_meta(grad_dim=grad_dim, proj_dim=projector.proj_dim, projector_description=projector.describe(),
+                      encoding=encoder.describe())
+    chunks = [(chunk, [dataset.records[row["index"]] for row in chunk_rows[chunk]]) for chunk in mine]
+    n_records = sum(len(records) for _, records in chunks)
+    done = sum(len(rows) for chunk, rows in enumerate(chunk_rows) if store.has_chunk(chunk))
+    say(
+        f"features: {n_records} of {n_candidates} records ({len(mine)} chunks) on {launch.describe()}, gradient of "
+        f"{grad_dim:,} LoRA numbers -> {projector.proj_dim} dims ({options.projector}), {options.grad_mode} "
+        f"gradients, batch {options.grad_batch_size}, {options.dtype} weights, {options.feature_dtype} features, "
+        f"device {device}" + (", gradient checkpointing" if options.gradient_checkpointing else "")
+        + (f"; {done} records already done" if done else "")
+    )
+    job = Extraction(model, named_params, encoder, projector, options.grad_mode, options.grad_batch_size, device,
+                     options.feature_dtype, launch.describe())
+    bad = BadRecords("features", dataset.path, options.on_bad_record, options.max_bad_fraction, n_records)
+    started = time.perf_counter()
+    with Progress("features", n_records, "rec", 0, options.progress_interval, launch.rank == 0) as progress:
+        extract_chunks(job, chunks, store, bad, progress, options.loader_workers)
+    say(f"features: {n_records} records in {time.perf_counter() - started:.1f} s on {launch.describe()}"
+        + (f"; {bad.summary()}" if bad.reasons else ""))
+
+
+def complete_features(run_dir: Path, store: FeatureStore, wait: bool = False,
+                      launch: Launch | None = None) -> dict[str, Any]:
+    """Merge the store when every chunk is done (waiting for them with `wait`), then bring the manifest up to date.
+
+    Without `wait` and with chunks missing, returns the store's meta.json as it is and says what is missing.
+    """
+    meta = store.meta()
+    if meta is None:
+        raise TiveError(f"{store.dir}: no features here; run `tive features {run_dir}`")
+    if meta.get("complete"):
+        return sync_manifest(run_dir, store)
+    request = meta["request"]
+    candidates = candidate_rows(read_manifest(run_dir))
+    if sha256_json([row["index"] for row in candidates]) != request["candidates_sha256"]:
+        raise TiveError(f"{store.dir}: was started for other records than manifest.jsonl's; rerun "
+                        f"`tive features {run_dir} --force`")
+    size = request["chunk_size"]
+    chunk_records = [[row["index"] for row in candidates[s : s + size]] for s in range(0, len(candidates), size)]
+    missing = store.missing_chunks(len(chunk_records))
+    if missing and wait:
+        say(f"features: waiting for {len(missing)} chunk(s) of the other ranks")
+        while missing:
+            time.sleep(_POLL_SECONDS)
+            if (store.meta() or {}).get("complete"):
+                return sync_manifest(run_dir, store)
+            missing = store.missing_chunks(len(chunk_records))
+    if missing:
+        shards = int(meta.get("shards") or 1)
+        owners = sorted({chunk % shards for chunk in missing})
         say(
-            f"features: {len(ok)} records, gradient of {grad_dim:,} LoRA numbers -> {projector.proj_dim} dims "
-            f"({options.projector}), {options.grad_mode} gradients, {options.dtype}, device {device}"
-            + (", gradient checkpointing" if options.gradient_checkpointing else "")
-            + (f"; resuming ({done} done)" if done else "")
+            f"features: {len(missing)} of {len(chunk_records)} chunks still to compute"
+            + (f" (shards {', '.join(map(str, owners))} of {shards})" if shards > 1 else "")
+            + (f"; this process ({launch.describe()}) is done" if launch is not None and launch.world > 1 else "")
+            + f"; `tive score {run_dir}` completes the store once they are done"
         )
-        # Raw gradients are projected a group at a time so the memory they take stays bounded (~1 GB).
-        group = max(1, min(options.grad_batch_size, (1 << 30) // (4 * grad_dim)))
-        with tqdm(total=len(ok), initial=done, desc="features", unit="rec", disable=None) as bar:
-            for c, chunk in enumerate(chunks):
-                if store.has_chunk(c):
-                    continue
-                encoded = encode_records(processor, chunk, options.max_length)
-                items = encoded.items
-                # Batches of similar length waste less on padding; the order is fixed, so results are too.
-                order = sorted(range(len(chunk)), key=lambda i: (len(items[i]["input_ids"]), i))
-                projected = torch.empty(len(chunk), projector.proj_dim)
-                norms = torch.empty(len(chunk), dtype=torch.float64)
-                for start in range(0, len(order), group):
-                    members = order[start : start + group]
-                    if batched is not None:
-                        inputs = {k: v.to(device) for k, v in collate([items[i] for i in members], pad_id).items()}
-                        grads = batched(inputs)
-                    else:
-                        singles = [{k: v.to(device) for k, v in collate([items[i]], pad_id).items()} for i in members]
-                        grads = torch.stack([record_gradient(model, params, inputs) for inputs in singles])
-                    with torch.no_grad():
-                        norms[members] = grads.double().norm(dim=1).cpu()
-                        projected[members] = projector.project(grads.float()).cpu()
-                    bar.update(len(members))
-                if options.max_length:  # before the chunk's marker, so that a committed chunk has it
-                    write_json(_truncation_path(store, c), {
-                        "truncated": [chunk[p].index for p in encoded.truncated],
-                        "no_answer": [chunk[p].index for p in encoded.no_answer],
-                    })
-                store.write_chunk(c, projected.numpy(), norms.numpy())
-        if options.max_length:
-            truncated, no_answer = [], []
-            for c in range(n_chunks):
-                counts = read_json(_truncation_path(store, c))
-                truncated += counts["truncated"]
-                no_answer += counts["no_answer"]
-            meta = {**meta, "truncated_records": len(truncated), "no_answer_records": no_answer}
-        store.merge(n_chunks, len(ok), projector.proj_dim, meta)
-    if options.max_length:
-        by_index = {record.index: record for record in ok}
-        lost = [by_index[i] for i in meta["no_answer_records"]]
-        say(
-            describe_truncation("features", len(ok), meta["truncated_records"], lost, options.max_length)
-            + ("; their gradient is zero (grad_norm 0, value 0)" if lost else "")
-        )
-    norms = np.load(store.dir / "norms.npy")
+        return meta
+    try:
+        store.merge(chunk_records, int(meta["proj_dim"]), request["feature_dtype"])
+    except (FileNotFoundError, TiveError):
+        if not (store.meta() or {}).get("complete"):  # not another process that merged first
+            raise
+    return sync_manifest(run_dir, store)
+
+
+def sync_manifest(run_dir: Path, store: FeatureStore) -> dict[str, Any]:
+    """Write the complete store's statuses and norms into manifest.jsonl (old values and selections cleared).
+
+    A record of the candidates the store skipped gets `skipped: features: <reason>`; the others `ok` with their
+    gradient norm, in manifest order (the rows of features.npy). Idempotent.
+    """
+    meta = store.meta() or {}
     rows = read_manifest(run_dir)
-    for row, norm in zip(ok_rows(rows), norms):
-        row["grad_norm"] = float(norm)
-    write_manifest(run_dir, rows)
-    say(f"features: {store.dir / 'features.npy'} ({len(ok)} x {projector.proj_dim}), norms.npy, meta.json")
+    skipped = meta.get("skipped", {})
+    norms = np.load(store.dir / NORMS_FILE)
+    candidates = candidate_rows(rows)
+    kept = [row for row in candidates if str(row["index"]) not in skipped]
+    if len(kept) != len(norms):
+        raise TiveError(f"{store.dir}: {len(norms)} feature rows for {len(kept)} records; rerun `tive features "
+                        f"{run_dir} --force`")
+    if meta.get("records_sha256") != sha256_json([row["index"] for row in kept]):
+        raise TiveError(f"{store.dir}: its rows are not the records manifest.jsonl lists; rerun `tive features "
+                        f"{run_dir} --force`")
+    before = [(row["status"], row.get("grad_norm")) for row in candidates]
+    norm_of = iter(norms)
+    for row in candidates:
+        reason = skipped.get(str(row["index"]))
+        row["status"] = "ok" if reason is None else FEATURES_SKIP + reason
+        row["grad_norm"] = None if reason is not None else float(next(norm_of))
+    if before != [(row["status"], row.get("grad_norm")) for row in candidates]:
+        for row in rows:  # new features: earlier values and selections no longer describe them
+            row["value"] = None
+            row["selected"] = None
+        write_manifest(run_dir, rows)
+    n_ok = len(ok_rows(rows))
+    max_length = meta["request"].get("max_length")
+    if max_length:
+        say(f"features: --max-length {max_length}: {meta.get('truncated_records', 0)} of {len(candidates)} records "
+            "truncated")
+    say(f"features: {store.dir / 'features.npy'} ({n_ok} x {meta.get('proj_dim')}), norms.npy, meta.json"
+        + (f"; {len(skipped)} record(s) skipped (status in manifest.jsonl; first: record "
+           f"{min(skipped, key=int)}: {skipped[min(skipped, key=int)]})" if skipped else ""))
     return meta
-
-

@@ -1,4 +1,10 @@
-"""`tive score`: task values (mean gradient norm) and instance values (mean in-task cosine)."""
+"""`tive score`: task values (mean gradient norm) and instance values (mean in-task cosine).
+
+Before scoring, the features are checked against the run as it is now (`check_features_current`): features made
+for another warm-up adapter, record set or encoding are refused with the stage to rerun; a store whose chunks are
+all done but not yet merged (shards started independently) is completed here. Features brought by the user
+(no `features/meta.json`) are taken as they are.
+"""
 
 from __future__ import annotations
 
@@ -9,17 +15,77 @@ from typing import Any
 import numpy as np
 
 from tive.errors import TiveError
-from tive.io import write_json
-from tive.rundir import FEATURES_DIR, TASKS_FILE, ok_rows, open_run_dir, read_manifest, write_manifest
+from tive.features.store import FeatureStore
+from tive.io import read_json, sha256_file, sha256_json, write_json
+from tive.rundir import (
+    ADAPTER_DIR,
+    ADAPTER_WEIGHTS,
+    FEATURES_DIR,
+    FEATURES_SKIP,
+    TASKS_FILE,
+    WARMUP_DIR,
+    WARMUP_MARKER,
+    ok_rows,
+    open_run_dir,
+    read_manifest,
+    stage_log,
+    write_manifest,
+)
 from tive.stages.common import say
 
-def task_info(rows: list[dict[str, Any]], task_values: dict[str, float]) -> dict[str, dict[str, Any]]:
+
+def task_info(run_dir: Path, rows: list[dict[str, Any]], task_values: dict[str, float]) -> dict[str, dict[str, Any]]:
+    """Per task: its records, how many are ok, how many each stage skipped, and its value."""
     records = Counter(row["task"] for row in rows)
     ok = Counter(row["task"] for row in ok_rows(rows))
+    by_features = Counter(row["task"] for row in rows if row["status"].startswith(FEATURES_SKIP))
+    by_prepare = Counter(row["task"] for row in rows
+                         if row["status"] != "ok" and not row["status"].startswith(FEATURES_SKIP))
+    marker = run_dir / WARMUP_DIR / WARMUP_MARKER
+    warm_skipped = read_json(marker).get("skipped", {}) if marker.is_file() else {}
+    by_warmup = Counter(rows[int(index)]["task"] for index in warm_skipped if int(index) < len(rows))
     return {
-        task: {"records": records[task], "ok": ok[task], "value": task_values.get(task)}
+        task: {
+            "records": records[task],
+            "ok": ok[task],
+            "skipped": {"prepare": by_prepare[task], "features": by_features[task]},
+            "warmup_skipped": by_warmup[task],
+            "value": task_values.get(task),
+        }
         for task in sorted(records)
     }
+
+
+def check_features_current(run_dir: Path, rows: list[dict[str, Any]], complete: bool) -> None:
+    """Refuse features that no longer describe this run (naming the stage to rerun); with `complete`, merge a store
+    whose chunks are all done first. Features without a meta.json (brought by the user) pass."""
+    from tive.model.encode import ENCODING_VERSION
+    from tive.stages.features import complete_features
+
+    store = FeatureStore(run_dir / FEATURES_DIR)
+    meta = store.meta()
+    if meta is None:
+        return
+    if not meta.get("complete"):
+        if not complete:
+            raise TiveError(f"{store.dir}: the features are not complete; run `tive score {run_dir}` (or finish "
+                            f"`tive features {run_dir}`) first")
+        meta = complete_features(run_dir, store)
+        if not meta.get("complete"):
+            raise TiveError(f"{store.dir}: the features are not complete (see above for the chunks still to "
+                            f"compute); finish `tive features {run_dir}` (every shard) first")
+        rows[:] = read_manifest(run_dir)
+    request = meta.get("request", {})
+    adapter = run_dir / WARMUP_DIR / ADAPTER_DIR / ADAPTER_WEIGHTS
+    if adapter.is_file() and request.get("adapter_sha256") != sha256_file(adapter):
+        raise TiveError(f"{store.dir}: made with another warm-up adapter than {adapter} (the warm-up was redone); "
+                        f"rerun `tive features {run_dir}`")
+    if request.get("encoding_version", 1) != ENCODING_VERSION:
+        raise TiveError(f"{store.dir}: made with encoding version {request.get('encoding_version', 1)}, not "
+                        f"{ENCODING_VERSION}; rerun `tive warmup {run_dir} --force` and `tive features {run_dir}`")
+    if meta.get("records_sha256") != sha256_json([row["index"] for row in ok_rows(rows)]):
+        raise TiveError(f"{store.dir}: made for other records than manifest.jsonl's ok records; rerun "
+                        f"`tive features {run_dir}`")
 
 
 def ok_grad_norms(run_dir: Path, rows: list[dict[str, Any]]) -> np.ndarray:
@@ -41,11 +107,17 @@ def ok_grad_norms(run_dir: Path, rows: list[dict[str, Any]]) -> np.ndarray:
 
 def run_score(run_dir: Path | str) -> dict[str, dict[str, Any]]:
     """Task values (mean gradient norm) and instance values (mean in-task cosine); written to the manifest."""
+    run_dir = open_run_dir(run_dir)
+    with stage_log(run_dir):
+        return _score(run_dir)
+
+
+def _score(run_dir: Path) -> dict[str, dict[str, Any]]:
     from tive.features.store import load_features
     from tive.scoring import instance_values, task_values
 
-    run_dir = open_run_dir(run_dir)
     rows = read_manifest(run_dir)
+    check_features_current(run_dir, rows, complete=True)
     ok = ok_rows(rows)
     if not ok:
         raise TiveError(f"{run_dir}: no record has status ok; nothing to score")
@@ -55,10 +127,10 @@ def run_score(run_dir: Path | str) -> dict[str, dict[str, Any]]:
     values = instance_values(features, tasks)
     for row, value in zip(ok, values):
         row["value"] = float(value)
+    for row in rows:
+        row["selected"] = None  # a selection made with other values no longer holds
     write_manifest(run_dir, rows)
-    info = task_info(rows, task_values(tasks, norms))
+    info = task_info(run_dir, rows, task_values(tasks, norms))
     write_json(run_dir / TASKS_FILE, info)
     say(f"score: {len(ok)} instance values, {len(info)} task values written to manifest.jsonl and tasks.json")
     return info
-
-

@@ -1,75 +1,124 @@
-"""`tive select`: split the budget over tasks by value, choose records within each task, write the subset."""
+"""`tive select`: split the budget over tasks by value, choose records within each task, write the subset.
+
+The subset is written first, straight from the input (no record is parsed again, no image path resolved: the
+input's SHA-256 is checked against prepare's), then the manifest and tasks.json: a crash never leaves a manifest
+that describes a subset that is not there. `--authors-compat` reproduces the authors' released selection script
+(see `tive.select.authors_budgets`).
+"""
 
 from __future__ import annotations
 
+from collections import Counter
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
 from tive.config import SelectOptions
-from tive.data import write_subset
+from tive.data.formats import dataset_sha256, write_subset_from_input
 from tive.errors import TiveError
-from tive.io import write_json
+from tive.io import read_json, write_json
 from tive.report import task_table
-from tive.rundir import PREPARE_FILE, TASKS_FILE, load_prepared, ok_rows, open_run_dir, read_manifest, write_manifest
+from tive.rundir import PREPARE_FILE, TASKS_FILE, ok_rows, open_run_dir, read_manifest, stage_log, write_manifest
 from tive.stages.common import say
-from tive.stages.score import ok_grad_norms, task_info
+from tive.stages.score import check_features_current, ok_grad_norms, task_info
+
 
 def run_select(run_dir: Path | str, options: SelectOptions) -> dict[str, dict[str, Any]]:
     """Split the budget over tasks by value, choose records within each task, write the subset and reports."""
-    from tive.scoring import task_values
-    from tive.select import budget_count, parse_budget, select_records
-
     run_dir = open_run_dir(run_dir)
+    with stage_log(run_dir):
+        return _select(run_dir, options)
+
+
+def _select(run_dir: Path, options: SelectOptions) -> dict[str, dict[str, Any]]:
+    from tive.scoring import task_values
+    from tive.select import (
+        AUTHORS_EXCLUDED_TASK,
+        AUTHORS_TEMPERATURE,
+        authors_budgets,
+        budget_count,
+        parse_budget,
+        select_records,
+    )
+
     rows = read_manifest(run_dir)
+    check_features_current(run_dir, rows, complete=False)
     ok = ok_rows(rows)
     if not ok or any(row.get("value") is None for row in ok):
         raise TiveError(f"{run_dir}: instance values missing from manifest.jsonl; run `tive score {run_dir}` first")
     tasks = [row["task"] for row in ok]
-    unknown = sorted(set(options.exclude_task) - set(tasks))
+    names = sorted(set(tasks))
+    unknown = sorted(set(options.exclude_task) - set(names))
     if unknown:
-        raise TiveError(f"--exclude-task {', '.join(unknown)}: no such task; tasks are {', '.join(sorted(set(tasks)))}")
+        raise TiveError(f"--exclude-task {', '.join(unknown)}: no such task; tasks are {', '.join(names)}")
     norms = ok_grad_norms(run_dir, rows)
     values = np.array([row["value"] for row in ok], dtype=np.float64)
     t_values = task_values(tasks, norms)
-    eligible = sum(task not in options.exclude_task for task in tasks)
     budget = parse_budget(options.budget)
-    total = budget_count(budget, eligible)
+    choose, temperature, oversample = options.choose, options.temperature, options.oversample
+    excluded = set(options.exclude_task)
+    budgets = None
+    if options.authors_compat:
+        if not isinstance(budget, float):
+            raise TiveError(f"--authors-compat --budget {options.budget}: the authors' budget is a fraction p of "
+                            "all records; give a fraction such as 0.15")
+        choose, temperature, oversample = "sample", AUTHORS_TEMPERATURE, True
+        if AUTHORS_EXCLUDED_TASK in names:
+            excluded.add(AUTHORS_EXCLUDED_TASK)
+        sizes = Counter(tasks)
+        kept = [name for name in names if name not in excluded]
+        budgets = authors_budgets({name: t_values[name] for name in kept}, {name: sizes[name] for name in kept},
+                                  budget, len(ok))
+        total = sum(budgets.values())
+        described = f"int({budget:g} x {len(ok)} records x share), the authors' rule"
+    else:
+        eligible = sum(task not in excluded for task in tasks)
+        total = budget_count(budget, eligible)
+        described = f"{budget:g} x {eligible} eligible records" if isinstance(budget, float) else "a count"
     counts, budgets = select_records(
-        tasks,
-        values,
-        t_values,
-        total,
-        method=options.choose,
-        temperature=options.temperature,
-        seed=options.seed,
-        oversample=options.oversample,
-        exclude_tasks=options.exclude_task,
+        tasks, values, t_values, total, method=choose, temperature=temperature, seed=options.seed,
+        oversample=oversample, exclude_tasks=sorted(excluded), budgets=budgets,
     )
-    for row in rows:
-        row["selected"] = 0
+    selected = [0] * len(rows)
     for row, count in zip(ok, counts):
-        row["selected"] = int(count)
-    info = task_info(rows, t_values)
+        selected[row["index"]] = int(count)
+    subset_path = _write_subset(run_dir, selected)  # first: the manifest and tasks.json describe what exists
+    for row, count in zip(rows, selected):
+        row["selected"] = count
+    info = task_info(run_dir, rows, t_values)
+    chosen = Counter()
+    for row in rows:
+        chosen[row["task"]] += row["selected"]
     for task, entry in info.items():
         entry["budget"] = int(budgets.get(task, 0))
-        entry["selected"] = sum(row["selected"] for row in rows if row["task"] == task)
-        entry["excluded"] = task in options.exclude_task
+        entry["selected"] = chosen[task]
+        entry["excluded"] = task in excluded
     write_manifest(run_dir, rows)
     write_json(run_dir / TASKS_FILE, info)
-    subset_path = None
-    if (run_dir / PREPARE_FILE).is_file():
-        dataset, _ = load_prepared(run_dir)
-        subset_path = write_subset(dataset, [row["selected"] for row in rows], run_dir)
     say(task_table(info))
-    described = f"{budget:g} x {eligible} eligible records" if isinstance(budget, float) else "a count"
     say(
-        f"select: {int(counts.sum())} records (budget {described}; choose={options.choose}"
-        + (f", temperature={options.temperature}" if options.choose == "sample" else "")
-        + f", seed={options.seed})"
+        f"select: {int(counts.sum())} records (budget {described}; choose={choose}"
+        + (f", temperature={temperature:g}" if choose == "sample" else "")
+        + (", oversampling" if oversample else "")
+        + (f", excluded: {', '.join(sorted(excluded))}" if excluded else "")
+        + f", seed={options.seed}"
+        + (", --authors-compat" if options.authors_compat else "") + ")"
         + (f" -> {subset_path}" if subset_path else "; no prepare.json here, so no subset file was written")
     )
     return info
 
 
+def _write_subset(run_dir: Path, selected: list[int]) -> Path | None:
+    """Write the subset from the prepared input (checked unchanged), or None for bring-your-own features."""
+    info_path = run_dir / PREPARE_FILE
+    if not info_path.is_file():
+        return None
+    info = read_json(info_path)
+    data = Path(info["data"])
+    if not data.exists():
+        raise TiveError(f"{data}: the input prepared in {run_dir} is gone; restore it or prepare again")
+    if dataset_sha256(data) != info["data_sha256"]:
+        raise TiveError(f"{data}: changed since `tive prepare` (SHA-256 differs); prepare again into a new run "
+                        "directory")
+    return write_subset_from_input(data, info["format"], selected, run_dir)

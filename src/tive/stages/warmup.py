@@ -7,6 +7,7 @@ import time
 from pathlib import Path
 from typing import Any
 
+from tive.badrecords import BadRecords, check_policy
 from tive.config import WarmupOptions
 from tive.errors import TiveError
 from tive.io import read_json, sha256_file, sha256_json, write_json
@@ -14,11 +15,13 @@ from tive.rundir import (
     ADAPTER_DIR,
     ADAPTER_WEIGHTS,
     BASE_MODEL_DIR,
-    TRAIN_LOG,
     WARMUP_DIR,
     WARMUP_MARKER,
+    candidate_rows,
     load_prepared,
     open_run_dir,
+    read_manifest,
+    stage_log,
 )
 from tive.stages.common import check_encoding_options, say
 
@@ -36,38 +39,64 @@ BUILTIN_DEFAULTS = {
 def _warmup_settings(options: WarmupOptions) -> dict[str, Any]:
     """The effective warm-up settings: explicit options over the model kind's defaults.
 
-    These decide the reference model, so a finished warm-up with other settings is not reused. The device and
-    gradient checkpointing change how it is computed, not what, and are recorded beside them.
+    These decide the reference model, so a finished warm-up with other settings is not reused. The device, the
+    per-device batch and gradient checkpointing change how it is computed, not what, and are recorded beside them.
     """
+    from tive.model.encode import ENCODING_VERSION
+
+    if not options.model:
+        raise TiveError(
+            "--model is required: a Hugging Face image-text-to-text checkpoint directory (e.g. a local copy of "
+            "llava-hf/llava-1.5-7b-hf), or --model tiny to try the pipeline with a built-in random-weight model "
+            "(its selection means nothing on real data)"
+        )
     check_encoding_options(options.dtype, options.max_length)
+    check_policy(options.on_bad_record, options.max_bad_fraction)
     if options.reference_adapter:
         path = Path(options.reference_adapter).expanduser().resolve()
         return {
             "model": options.model,
             "reference_adapter": str(path),
             "reference_adapter_sha256": _adapter_sha256(path),
+            "encoding_version": ENCODING_VERSION,
         }
     defaults = BUILTIN_DEFAULTS.get(options.model, CHECKPOINT_DEFAULTS)
-    rank = options.lora_rank or defaults["lora_rank"]
+
+    def given(name: str) -> Any:
+        value = getattr(options, name)
+        return defaults[name] if value is None else value
+
+    rank = given("lora_rank")
     settings = {
         "model": options.model,
         "warmup_fraction": options.warmup_fraction,
         "lora_rank": rank,
-        "lora_alpha": options.lora_alpha or 2.0 * rank,
+        "lora_alpha": 2.0 * rank if options.lora_alpha is None else options.lora_alpha,
         "lora_targets": [t.strip() for t in options.lora_targets.split(",") if t.strip()],
         "modules_to_save": defaults["modules_to_save"],
-        "learning_rate": options.learning_rate or defaults["learning_rate"],
-        "epochs": options.epochs or defaults["epochs"],
+        "learning_rate": given("learning_rate"),
+        "epochs": given("epochs"),
         "batch_size": options.batch_size,
         "seed": options.seed,
         "dtype": options.dtype,
         "max_length": options.max_length,
+        "encoding_version": ENCODING_VERSION,
     }
     if not 0 < settings["warmup_fraction"] <= 1:
         raise TiveError(f"--warmup-fraction {options.warmup_fraction}: must be in (0, 1]")
     for name in ("lora_rank", "epochs", "batch_size"):
         if settings[name] < 1:
             raise TiveError(f"--{name.replace('_', '-')} {settings[name]}: must be at least 1")
+    for name in ("lora_alpha", "learning_rate"):
+        if not settings[name] > 0:
+            raise TiveError(f"--{name.replace('_', '-')} {settings[name]}: must be positive")
+    if not settings["lora_targets"]:
+        raise TiveError(f"--lora-targets {options.lora_targets!r}: name at least one module, e.g. q_proj,v_proj")
+    for name in ("per_device_batch_size", "checkpoint_steps"):
+        value = getattr(options, name)
+        if value is not None and value < (1 if name == "per_device_batch_size" else 0):
+            raise TiveError(f"--{name.replace('_', '-')} {value}: must be at least "
+                            f"{1 if name == 'per_device_batch_size' else 0}")
     return settings
 
 
@@ -82,14 +111,27 @@ def _adapter_sha256(adapter_dir: Path) -> str:
 
 
 def _base_model_dir(run_dir: Path, model: str) -> Path:
+    """Where the base model's checkpoint is: the built-in model's folder in the run, a local directory, or the
+    local copy of a hub id (downloaded where a hub is reachable)."""
     if model in BUILTIN_DEFAULTS:
         return run_dir / BASE_MODEL_DIR
-    path = Path(model).expanduser().resolve()
-    if not path.is_dir():
-        raise TiveError(
-            f"--model {model}: no such directory; pass tiny, small or a Hugging Face checkpoint directory"
-        )
-    return path
+    path = Path(model).expanduser()
+    if path.is_dir():
+        return path.resolve()
+    if "/" in model and not model.startswith((".", "/", "~")) and model.count("/") == 1:
+        try:
+            from huggingface_hub import snapshot_download
+
+            return Path(snapshot_download(model))
+        except Exception as exc:  # offline, no such repository, no access: say so
+            raise TiveError(
+                f"--model {model}: no such directory, and the hub copy could not be had ({type(exc).__name__}: "
+                f"{str(exc).splitlines()[0] if str(exc) else ''}); download it where a hub is reachable and pass "
+                "its directory"
+            ) from exc
+    raise TiveError(
+        f"--model {model}: no such directory; pass a Hugging Face checkpoint directory (or hub id), or tiny / small"
+    )
 
 
 def _commit_adapter(warm_dir: Path, save: Any) -> Path:
@@ -107,19 +149,24 @@ def run_warmup(run_dir: Path | str, options: WarmupOptions) -> dict[str, Any]:
     """Train the reference model: LoRA on a task-balanced warm-up sample; save the adapter and its log.
 
     With `reference_adapter`, no training: the given adapter is checked against the base model and copied in as
-    the reference model.
+    the reference model. Under `torchrun` every rank trains its share of each batch (see `tive.model.warmup`);
+    rank 0 writes the outputs.
     """
+    settings = _warmup_settings(options)
+    run_dir = open_run_dir(run_dir)
+    with stage_log(run_dir):
+        return _warmup(run_dir, options, settings)
+
+
+def _warmup(run_dir: Path, options: WarmupOptions, settings: dict[str, Any]) -> dict[str, Any]:
     from tive.model.loading import model_fingerprint
 
-    run_dir = open_run_dir(run_dir)
-    settings = _warmup_settings(options)
-    dataset, _ = load_prepared(run_dir)
-    ok = [record for record in dataset.records if record.ok]
-    if not ok:
+    rows = candidate_rows(read_manifest(run_dir))
+    if not rows:
         raise TiveError(f"{run_dir}: no record has status ok; nothing to train on")
     warm_dir = run_dir / WARMUP_DIR
     marker = warm_dir / WARMUP_MARKER
-    records_sha = sha256_json([(r.index, r.task) for r in ok])
+    records_sha = sha256_json([(row["index"], row["task"]) for row in rows])
     if marker.is_file():
         old = read_json(marker)
         if old["settings"] == settings and old["records_sha256"] == records_sha:
@@ -132,18 +179,24 @@ def run_warmup(run_dir: Path | str, options: WarmupOptions) -> dict[str, Any]:
                 f"{marker}: a warm-up with other settings ({', '.join(differing) or 'records'}) exists; pass --force "
                 f"to redo it (to change only the selection, e.g. its seed, run `tive select {run_dir} ...`)"
             )
+    accelerator = make_accelerator(options.device)
+    main = accelerator.is_main_process
+    if marker.is_file() and main:
         shutil.rmtree(warm_dir)
-
+    accelerator.wait_for_everyone()
+    dataset, _ = load_prepared(run_dir)
+    ok = [dataset.records[row["index"]] for row in rows]
     base_dir = _base_model_dir(run_dir, options.model)
-    if options.model in BUILTIN_DEFAULTS:
+    if options.model in BUILTIN_DEFAULTS and main:
         from tive.model.tiny import build_tiny_model
 
         texts = [turn.text() for record in ok for turn in record.turns]
         build_tiny_model(base_dir, texts, seed=options.seed, preset=options.model)
+    accelerator.wait_for_everyone()
     if options.reference_adapter:
-        result = _use_reference_adapter(Path(settings["reference_adapter"]), base_dir, warm_dir, settings)
+        result = _use_reference_adapter(Path(settings["reference_adapter"]), base_dir, warm_dir, settings, main)
     else:
-        result = _train_reference(base_dir, warm_dir, ok, settings, options)
+        result = _train_reference(base_dir, warm_dir, ok, settings, options, accelerator, dataset.path)
     result = {
         "settings": settings,
         "model_dir": str(base_dir),
@@ -151,58 +204,89 @@ def run_warmup(run_dir: Path | str, options: WarmupOptions) -> dict[str, Any]:
         "records_sha256": records_sha,
         **result,
     }
-    write_json(marker, result)  # last: the stage's completion marker
+    if main:
+        write_json(marker, result)  # last: the stage's completion marker
+    accelerator.wait_for_everyone()
     return result
 
 
-def _use_reference_adapter(adapter: Path, base_dir: Path, warm_dir: Path, settings: dict[str, Any]) -> dict[str, Any]:
-    """Check the user's adapter against the base model and copy it in as warm_dir/adapter."""
+def make_accelerator(device: str) -> Any:
+    """The `accelerate.Accelerator` of this process: one process, or one rank of a torchrun / srun launch.
+
+    `--device cpu` keeps it on the CPU (gloo between ranks); otherwise a GPU per rank where there are GPUs.
+    """
+    import torch
+    from accelerate import Accelerator
+    from accelerate.state import AcceleratorState
+
+    from tive.launch import detect_launch
+    from tive.model.loading import resolve_device
+
+    device = resolve_device(device)
+    if detect_launch().world == 1:
+        # A stage run earlier in this process (a test, `tive run`) may have used another device.
+        AcceleratorState._reset_state(True)
+        if device.startswith("cuda:"):
+            torch.cuda.set_device(int(device.split(":", 1)[1]))
+    return Accelerator(cpu=device == "cpu")
+
+
+def _use_reference_adapter(
+    adapter: Path, base_dir: Path, warm_dir: Path, settings: dict[str, Any], main: bool
+) -> dict[str, Any]:
+    """Check the user's adapter against the base model and copy it in as warm_dir/adapter (on rank 0)."""
     from tive.model.loading import ADAPTER_FILES, check_reference_adapter
 
     config = check_reference_adapter(adapter, base_dir)
-    warm_dir.mkdir(parents=True, exist_ok=True)
+    adapter_dir = warm_dir / ADAPTER_DIR
+    if main:
+        warm_dir.mkdir(parents=True, exist_ok=True)
 
-    def copy(tmp_dir: Path) -> None:
-        tmp_dir.mkdir()
-        for name in ADAPTER_FILES:
-            shutil.copyfile(adapter / name, tmp_dir / name)
+        def copy(tmp_dir: Path) -> None:
+            tmp_dir.mkdir()
+            for name in ADAPTER_FILES:
+                shutil.copyfile(adapter / name, tmp_dir / name)
 
-    adapter_dir = _commit_adapter(warm_dir, copy)
-    sha = sha256_file(adapter_dir / ADAPTER_WEIGHTS)
-    if sha != settings["reference_adapter_sha256"]:
-        raise TiveError(f"--reference-adapter {adapter}: {ADAPTER_WEIGHTS} changed while it was copied; run again")
-    say(
-        f"warmup: no training: reference adapter {adapter} (LoRA rank {config.get('r')}, "
-        f"SHA-256 {sha[:12]}) copied to {adapter_dir}"
-    )
+        _commit_adapter(warm_dir, copy)
+        sha = sha256_file(adapter_dir / ADAPTER_WEIGHTS)
+        if sha != settings["reference_adapter_sha256"]:
+            raise TiveError(f"--reference-adapter {adapter}: {ADAPTER_WEIGHTS} changed while it was copied; run again")
+        say(
+            f"warmup: no training: reference adapter {adapter} (LoRA rank {config.get('r')}, "
+            f"SHA-256 {sha[:12]}) copied to {adapter_dir}"
+        )
     return {
         "reference_adapter": str(adapter),
         "warmup_indices": [],
         "steps": 0,
         "loss_first": None,
         "loss_last": None,
-        "adapter_sha256": sha,
+        "adapter_sha256": settings["reference_adapter_sha256"],
         "lora_rank": config.get("r"),
         "lora_targets": config.get("target_modules"),
+        "skipped": {},
     }
 
 
 def _train_reference(
-    base_dir: Path, warm_dir: Path, ok: list[Any], settings: dict[str, Any], options: WarmupOptions
+    base_dir: Path, warm_dir: Path, ok: list[Any], settings: dict[str, Any], options: WarmupOptions,
+    accelerator: Any, data_path: Path,
 ) -> dict[str, Any]:
-    """LoRA warm-up of the base model on a task-balanced sample of `ok`; saves warm_dir/adapter."""
-    from tive.model.encode import describe_truncation, encode_records
+    """LoRA warm-up of the base model on a task-balanced sample of `ok`; saves warm_dir/adapter (rank 0)."""
+    from accelerate.utils import gather_object
+
+    from tive.model.encode import Encoder
     from tive.model.loading import (
         LoraSettings,
         add_lora,
         enable_gradient_checkpointing,
         language_model_prefix,
         load_base,
-        resolve_device,
     )
-    from tive.model.warmup import train_warmup, warmup_sample
+    from tive.model.warmup import BatchPlan, train_warmup, warmup_sample
 
-    device = resolve_device(options.device)
+    device = str(accelerator.device)
+    world, main = accelerator.num_processes, accelerator.is_main_process
     model, processor = load_base(base_dir, device, settings["dtype"])
     scope = language_model_prefix(model)
     lora = LoraSettings(
@@ -214,42 +298,56 @@ def _train_reference(
     model = add_lora(model, lora, seed=options.seed)
     if options.gradient_checkpointing:
         enable_gradient_checkpointing(model)
+    encoder = Encoder(processor, settings["max_length"])
     positions = warmup_sample([r.task for r in ok], settings["warmup_fraction"], options.seed)
     warm_records = [ok[p] for p in positions]
-    say(
-        f"warmup: {len(warm_records)} records ({settings['warmup_fraction']:.0%} of {len(ok)}, equal per task), "
-        f"LoRA rank {lora.rank} on {','.join(lora.targets)} in {scope}, lr {settings['learning_rate']}, "
-        f"{settings['epochs']} epoch(s), {settings['dtype']}, device {device}"
-        + (", gradient checkpointing" if options.gradient_checkpointing else "")
-    )
-    encoded = encode_records(processor, warm_records, settings["max_length"])
-    if settings["max_length"]:
-        lost = [warm_records[p] for p in encoded.no_answer]
+    plan = BatchPlan.make(settings["batch_size"], options.per_device_batch_size, world)
+    if main:
         say(
-            describe_truncation("warmup", len(warm_records), len(encoded.truncated), lost, settings["max_length"])
-            + ("; left out of the warm-up" if lost else "")
+            f"warmup: {len(warm_records)} records ({settings['warmup_fraction']:.0%} of {len(ok)}, equal per task), "
+            f"LoRA rank {lora.rank} on {','.join(lora.targets)} in {scope}, lr {settings['learning_rate']}, "
+            f"{settings['epochs']} epoch(s), {plan.describe()}, {settings['dtype']}, device {device}"
+            + (", gradient checkpointing" if options.gradient_checkpointing else "")
         )
-    no_answer = set(encoded.no_answer)
-    items = [item for i, item in enumerate(encoded.items) if i not in no_answer]
-    if not items:
-        raise TiveError(
-            f"--max-length {settings['max_length']}: every warm-up record lost all its answer tokens; raise it"
-        )
-    warm_dir.mkdir(parents=True, exist_ok=True)
+        warm_dir.mkdir(parents=True, exist_ok=True)
+    accelerator.wait_for_everyone()
+    bad = BadRecords("warmup", data_path, options.on_bad_record, options.max_bad_fraction,
+                     max(1, len(warm_records) // world))
     started = time.perf_counter()
-    losses = train_warmup(
+    losses, truncated = train_warmup(
         model,
-        processor,
-        items,
+        encoder,
+        warm_records,
         epochs=settings["epochs"],
-        batch_size=settings["batch_size"],
+        plan=plan,
         learning_rate=settings["learning_rate"],
         seed=options.seed,
-        device=device,
-        log_path=warm_dir / TRAIN_LOG,
+        accelerator=accelerator,
+        out_dir=warm_dir,
+        bad=bad,
+        checkpoint_every=options.checkpoint_steps,
+        resume_key=sha256_json({"settings": settings, "records": [r.index for r in warm_records]}),
+        workers=options.loader_workers,
+        progress_interval=options.progress_interval,
     )
-    adapter_dir = _commit_adapter(warm_dir, lambda tmp: model.save_pretrained(tmp, safe_serialization=True))
-    say(f"warmup: {len(losses)} steps, loss {losses[0]:.3f} -> {losses[-1]:.3f}; adapter in {adapter_dir}")
+    skipped = dict(bad.reasons)
+    if world > 1:
+        for part in gather_object([(skipped, sorted(truncated))]):
+            skipped.update(part[0])
+            truncated.update(part[1])
+    if not losses:
+        raise TiveError(f"warmup: no warm-up record could be used ({bad.summary()})")
+    adapter_dir = warm_dir / ADAPTER_DIR
+    if main:
+        _commit_adapter(warm_dir, lambda tmp: model.save_pretrained(tmp, safe_serialization=True))
+        say(f"warmup: {len(losses)} steps, loss {losses[0]:.3f} -> {losses[-1]:.3f}; adapter in {adapter_dir}")
+        if skipped:
+            say(f"warmup: {len(skipped)} of {len(warm_records)} warm-up records skipped (left out of the warm-up; "
+                f"first: record {min(skipped)}: {skipped[min(skipped)]})")
+        if settings["max_length"]:
+            say(f"warmup: --max-length {settings['max_length']}: {len(truncated)} of {len(warm_records)} records "
+                "truncated")
+    accelerator.wait_for_everyone()
     return {
         "warmup_indices": [record.index for record in warm_records],
         "steps": len(losses),
@@ -257,11 +355,12 @@ def _train_reference(
         "loss_last": losses[-1],
         "adapter_sha256": sha256_file(adapter_dir / ADAPTER_WEIGHTS),
         "lora_scope": scope,
-        "truncated_records": len(encoded.truncated),
-        "no_answer_records": [warm_records[p].index for p in encoded.no_answer],
+        "batch": plan.describe(),
+        "encoding": encoder.describe(),
+        "truncated_records": len(truncated),
+        "skipped": {str(index): reason for index, reason in sorted(skipped.items())},
         "seconds": round(time.perf_counter() - started, 2),
         "device": device,
+        "world": world,
         "gradient_checkpointing": options.gradient_checkpointing,
     }
-
-

@@ -1,0 +1,109 @@
+"""What a stage does with a record it cannot use: skip it and go on, or stop — and stop anyway when it is not rare.
+
+At 665K records one broken image or odd conversation must not cost a 40-hour run, so by default (`--on-bad-record
+skip`) such a record is marked `skipped: <reason>`, counted and reported, and the stage goes on. But when failures
+are not rare something is wrong with the run itself (a wrong image root, a template that fits no record, the wrong
+model), and skipping would silently select from what is left: the stage stops when
+
+- more than `--max-bad-fraction` of the stage's records (and more than `MIN_BAD_RECORDS`) have failed, or
+- more than `MIN_BAD_RECORDS` have failed and they are at least half of the records processed so far (so a
+  systematic failure stops within seconds, not after a fraction of the run) — unless `--max-bad-fraction` itself
+  allows half or more to fail.
+
+`--on-bad-record error` stops at the first one. Either way the message names the file, the record (index and id),
+the field and what to do. Only the standard library is used here.
+"""
+
+from __future__ import annotations
+
+from collections import Counter
+from pathlib import Path
+from typing import Any
+
+from tive.errors import DataError, TiveError
+
+ON_BAD_RECORD = ("skip", "error")
+DEFAULT_MAX_BAD_FRACTION = 0.01
+MIN_BAD_RECORDS = 10
+
+
+class BadRecords:
+    """The per-record failures of one stage, under one policy.
+
+    Args:
+        stage: the stage's name, for messages ("prepare", "warmup", "features").
+        path: the input file (for messages).
+        mode: "skip" or "error".
+        max_fraction: the share of `total` that may fail before the stage stops.
+        total: how many records the stage works on.
+    """
+
+    def __init__(self, stage: str, path: Path | str, mode: str, max_fraction: float, total: int) -> None:
+        check_policy(mode, max_fraction)
+        self.stage = stage
+        self.path = str(path)
+        self.mode = mode
+        self.max_fraction = max_fraction
+        self.total = total
+        self.processed = 0
+        self.reasons: dict[int, str] = {}
+        self._first: str | None = None
+
+    def fail(self, index: int, record_id: Any, field: str | None, problem: str, hint: str = "") -> None:
+        """Record that record `index` failed. In "error" mode, or when failures are no longer rare, raise."""
+        if self.mode == "error":
+            raise DataError(self.path, index, record_id, field, problem,
+                            hint or "fix the record, or pass --on-bad-record skip to skip such records")
+        if index not in self.reasons:
+            self.reasons[index] = problem
+            if self._first is None:
+                where = f"record {index}" + (f" (id {record_id!r})" if record_id is not None else "")
+                self._first = f"{where}, field {field!r}: {problem}" if field else f"{where}: {problem}"
+        self._check()
+
+    def done(self, count: int = 1) -> None:
+        """`count` more records were processed (failed or not)."""
+        self.processed += count
+        self._check()
+
+    def _check(self) -> None:
+        failed = len(self.reasons)
+        if failed <= MIN_BAD_RECORDS:
+            return
+        too_many = failed > self.max_fraction * self.total
+        systematic = self.max_fraction < 0.5 and failed * 2 >= max(self.processed, failed)
+        if not (too_many or systematic):
+            return
+        share = (f"{failed} of the first {max(self.processed, failed)} records"
+                 if systematic and not too_many else f"{failed} of {self.total} records")
+        raise TiveError(
+            f"{self.stage}: {share} could not be used (first: {self._first}); failures this common mean something "
+            "is wrong with the run (image root, chat template, model?) rather than with a few records. Fix it, or "
+            f"raise --max-bad-fraction (now {self.max_fraction:g}) to skip them; --on-bad-record error stops at the "
+            "first one"
+        )
+
+    def summary(self) -> str:
+        """One line: how many records were skipped and the commonest reasons."""
+        if not self.reasons:
+            return f"{self.stage}: no record skipped"
+        kinds = Counter(reason_kind(reason) for reason in self.reasons.values())
+        listed = ", ".join(f"{count} {kind}" for kind, count in kinds.most_common(4))
+        return f"{self.stage}: {len(self.reasons)} of {self.total} records skipped ({listed}); first: {self._first}"
+
+
+def check_policy(mode: str, max_fraction: float) -> None:
+    """Refuse an unknown mode or a fraction outside [0, 1]."""
+    if mode not in ON_BAD_RECORD:
+        raise TiveError(f"--on-bad-record {mode}: choose one of {', '.join(ON_BAD_RECORD)}")
+    if not 0.0 <= max_fraction <= 1.0:
+        raise TiveError(f"--max-bad-fraction {max_fraction}: must be a fraction in [0, 1]")
+
+
+def reason_kind(reason: str) -> str:
+    """A reason's kind, for counts: its words before the first quote, colon or path (`missing image`, ...)."""
+    for stop in (" '", ' "', ":", " /", " ("):
+        position = reason.find(stop)
+        if position > 0:
+            reason = reason[:position]
+    return reason.strip()

@@ -1,0 +1,128 @@
+"""The per-chunk extraction loop: encode (in workers), per-record gradients, norms, projection, commit.
+
+The features stage decides what to compute (which chunks this process owns, with which model and projector);
+this module computes and commits them. Each chunk's records are batched by a cheap length estimate
+(`tive.model.data.length_order`), so a chunk's batches — and therefore its bytes — depend only on the chunk and the
+batch size, never on which process computes it or when: a resumed or sharded run is byte-identical on the CPU.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+
+from tive.badrecords import BadRecords
+from tive.data.records import Record
+from tive.features.store import FeatureStore
+
+
+@dataclass
+class Extraction:
+    """What the loop needs besides the chunks.
+
+    Attributes:
+        model: the reference model (eval mode; only the LoRA matrices require gradients).
+        named_params: the LoRA matrices in gradient order (`lora_parameters`).
+        encoder: a `tive.model.encode.Encoder`.
+        projector: maps (batch, grad_dim) float32 gradients to (batch, proj_dim).
+        grad_mode: "batched" (hooks, one backward per batch) or "loop" (one backward per record).
+        batch_size: records per forward/backward pass.
+        device: where the model is.
+        feature_dtype: numpy dtype name the projected features are stored in.
+        computed_by: who computes (the launch's description), recorded per chunk.
+    """
+
+    model: Any
+    named_params: list[tuple[str, Any]]
+    encoder: Any
+    projector: Any
+    grad_mode: str
+    batch_size: int
+    device: str
+    feature_dtype: str
+    computed_by: str
+
+
+def plan_batches(chunks: Sequence[tuple[int, Sequence[Record]]], batch_size: int) -> list[tuple[Any, list[Record]]]:
+    """Per chunk, its records in length order cut into batches; key = (chunk, positions in the chunk, last?)."""
+    from tive.model.data import length_order
+
+    planned = []
+    for chunk, records in chunks:
+        order = length_order(records)
+        starts = range(0, len(order), batch_size)
+        for start in starts:
+            positions = order[start : start + batch_size]
+            planned.append(((chunk, positions, start + batch_size >= len(order)), [records[p] for p in positions]))
+    return planned
+
+
+def extract_chunks(
+    job: Extraction,
+    chunks: Sequence[tuple[int, Sequence[Record]]],
+    store: FeatureStore,
+    bad: BadRecords,
+    progress: Any,
+    workers: int | None = None,
+) -> None:
+    """Compute and commit every chunk of `chunks` (chunk number, its records in manifest order)."""
+    import torch
+
+    from tive.features.grads import BatchedGradients, record_gradient
+    from tive.model.data import RecordBatches, iterate_batches
+
+    batched = BatchedGradients(job.model, job.named_params) if job.grad_mode == "batched" else None
+    params = [p for _, p in job.named_params]
+    batch_size = job.batch_size if batched is not None else 1
+    records_of = dict(chunks)
+    planned = plan_batches(chunks, batch_size)
+    proj_dim = job.projector.proj_dim
+    current: dict[str, Any] | None = None
+    for batch in iterate_batches(RecordBatches(job.encoder, planned), workers):
+        chunk, positions, last = batch.key
+        if current is None:
+            n = len(records_of[chunk])
+            current = {
+                "x": np.zeros((n, proj_dim), dtype=np.float32), "norms": np.zeros(n, dtype=np.float64),
+                "failed": {}, "truncated": [], "started": time.perf_counter(),
+            }
+        for failure in batch.failures:
+            bad.fail(failure.record.index, failure.record.record_id, failure.field, failure.problem)
+            current["failed"][failure.record.index] = failure.problem
+        current["truncated"] += batch.truncated
+        if batch.inputs is not None:
+            inputs = {key: value.to(job.device) for key, value in batch.inputs.items()}
+            if batched is not None:
+                grads = batched(inputs)
+            else:
+                grads = torch.stack([record_gradient(job.model, params, inputs)])
+            with torch.no_grad():
+                rows = [positions[m] for m in batch.members]
+                current["norms"][rows] = grads.double().norm(dim=1).cpu().numpy()
+                current["x"][rows] = job.projector.project(grads.float()).cpu().numpy()
+            del grads
+        bad.done(len(positions))
+        progress.update(len(positions))
+        if last:
+            records = records_of[chunk]
+            failed = current["failed"]
+            keep = [p for p, record in enumerate(records) if record.index not in failed]
+            store.write_chunk(
+                chunk,
+                current["x"][keep].astype(job.feature_dtype),
+                current["norms"][keep],
+                {
+                    "rows": [records[p].index for p in keep],
+                    "skipped": {str(index): reason for index, reason in sorted(failed.items())},
+                    "truncated": sorted(current["truncated"]),
+                    "batch_size": batch_size,
+                    "computed_by": job.computed_by,
+                    "device": job.device,
+                    "seconds": round(time.perf_counter() - current["started"], 3),
+                },
+            )
+            current = None

@@ -1,0 +1,108 @@
+"""Progress of long work, wherever the output goes.
+
+On a terminal: a tqdm bar with rate and ETA. Elsewhere (a log file, SLURM's output, CI) a bar is noise, so a
+line every `interval` seconds — done/total, rate, ETA — goes to stderr and to the run's log (`tive.log`), plus
+one at the end. The rate is measured over the work done in this process (a resumed run counts only what it
+computes), and `Progress.rate` is what `tive estimate` and the ETA share.
+"""
+
+from __future__ import annotations
+
+import logging
+import sys
+import time
+from typing import Any
+
+log = logging.getLogger("tive")
+
+DEFAULT_INTERVAL = 30.0
+
+
+def format_seconds(seconds: float) -> str:
+    """1h02m, 3m05s, 12s."""
+    seconds = max(0.0, seconds)
+    if seconds >= 3600:
+        return f"{int(seconds // 3600)}h{int(seconds % 3600 // 60):02d}m"
+    if seconds >= 60:
+        return f"{int(seconds // 60)}m{int(seconds % 60):02d}s"
+    return f"{seconds:.0f}s"
+
+
+class Progress:
+    """Count work towards `total` and show it (see the module docstring).
+
+    Args:
+        desc: what is counted ("features", "warm-up").
+        total: the amount of work in all.
+        unit: its unit ("rec", "step").
+        initial: work already done before this process started (a resumed run).
+        interval: seconds between lines when the output is not a terminal.
+        enabled: False on ranks other than 0 (one progress display per launch).
+    """
+
+    def __init__(self, desc: str, total: int, unit: str, initial: int = 0,
+                 interval: float = DEFAULT_INTERVAL, enabled: bool = True, stream: Any = None) -> None:
+        self.desc = desc
+        self.total = total
+        self.unit = unit
+        self.done = initial
+        self.initial = initial
+        self.interval = interval
+        self.enabled = enabled
+        self.stream = stream if stream is not None else sys.stderr
+        self.started = time.perf_counter()
+        self.last_line = self.started
+        self.bar = None
+        self.postfix = ""
+        if enabled and getattr(self.stream, "isatty", lambda: False)():
+            from tqdm import tqdm
+
+            self.bar = tqdm(total=total, initial=initial, desc=desc, unit=unit, file=self.stream)
+
+    @property
+    def rate(self) -> float:
+        """Units per second in this process so far (0 before any)."""
+        elapsed = time.perf_counter() - self.started
+        return (self.done - self.initial) / elapsed if elapsed > 0 else 0.0
+
+    def eta(self) -> float | None:
+        rate = self.rate
+        return (self.total - self.done) / rate if rate > 0 else None
+
+    def update(self, count: int = 1, postfix: str = "") -> None:
+        self.done += count
+        self.postfix = postfix or self.postfix
+        if not self.enabled:
+            return
+        if self.bar is not None:
+            self.bar.update(count)
+            if postfix:
+                self.bar.set_postfix_str(postfix)
+            return
+        now = time.perf_counter()
+        if now - self.last_line >= self.interval:
+            self.last_line = now
+            self._line()
+
+    def line(self) -> str:
+        eta = self.eta()
+        text = f"{self.desc}: {self.done}/{self.total} {self.unit}, {self.rate:.3g} {self.unit}/s"
+        text += f", ETA {format_seconds(eta)}" if eta is not None and self.done < self.total else ""
+        return text + (f", {self.postfix}" if self.postfix else "")
+
+    def _line(self) -> None:
+        text = self.line()
+        print(text, file=self.stream, flush=True)
+        log.info(text)
+
+    def close(self) -> None:
+        if self.bar is not None:
+            self.bar.close()
+        elif self.enabled and self.done > self.initial and time.perf_counter() - self.started >= self.interval:
+            self._line()
+
+    def __enter__(self) -> Progress:
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        self.close()
