@@ -498,3 +498,38 @@ def test_data_layer_imports_without_heavy_libraries() -> None:
     env = dict(os.environ, PYTHONPATH=src)
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, check=True)
     assert result.stdout.strip() == ""
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# Writing the subset straight from the input (what `tive select` does on a prepared run)
+
+
+def test_subset_from_the_input_equals_the_subset_of_the_loaded_dataset(write_json: Any, tmp_path: Path) -> None:
+    from tive.data.formats import write_subset_from_input
+
+    records = [llava("<image>\nQ0", id=0, image="a.jpg"), llava("Q1 中文", id=1), llava("Q2", id=2, x=[1, {"y": None}])]
+    as_json = write_json(records, name="input.json")
+    as_jsonl = tmp_path / "input.jsonl"
+    as_jsonl.write_bytes(("\r\n".join(json.dumps(r, indent=None) for r in records) + "\n\n").encode())
+    pretty = tmp_path / "pretty.json"
+    pretty.write_text("\ufeff  [\n" + ",\n\n".join(json.dumps(r, indent=4) for r in records) + "\n]\n", encoding="utf-8")
+    for path in (as_json, as_jsonl, pretty):
+        dataset = load_dataset(path)
+        for counts in ([1, 0, 2], [0, 0, 0], [1, 1, 1]):
+            loaded = write_subset(dataset, counts, tmp_path / "loaded").read_bytes()
+            raw = write_subset_from_input(path, dataset.format, counts, tmp_path / "raw").read_bytes()
+            assert raw == loaded, (path.name, counts)
+        with pytest.raises(TiveError, match="holds 3 records, the selection has 2"):
+            write_subset_from_input(path, dataset.format, [1, 1], tmp_path / "raw")
+
+
+@pytest.mark.parametrize("container", ["json", "jsonl"])
+def test_json_nested_deeper_than_the_parser_can_go_is_named_not_a_traceback(container: str, tmp_path: Path) -> None:
+    good = json.dumps(llava("Hi", id=0))
+    deep = '{"id": "deep", "conversations": ' + "[" * 100_000 + "]" * 100_000 + "}"
+    path = tmp_path / f"deep.{container}"
+    path.write_text(f"[{good}, {good}, {deep}]" if container == "json" else f"{good}\n{good}\n{deep}\n")
+    before = path.read_bytes()
+    with pytest.raises(TiveError, match=r"deep\.json.*record 2.*nested too deeply"):
+        load_dataset(path)
+    assert path.read_bytes() == before

@@ -171,3 +171,65 @@ def test_gradient_checkpointing_changes_neither_the_warmup_nor_the_features(chec
     assert warm_plain["settings"] == warm_ckpt["settings"]  # checkpointing is how, not what
     np.testing.assert_allclose(warm_ckpt["loss_last"], warm_plain["loss_last"], rtol=1e-5)
     np.testing.assert_allclose(norms_ckpt, norms_plain, rtol=1e-4)
+
+
+def test_a_conversation_the_template_cannot_render_is_skipped(checkpoints, demo_data: Path, tmp_path: Path):
+    """Templates refuse some conversations (Mistral's: "roles must alternate", no system turn): that record is
+    skipped with the template's own message, the others are computed."""
+    from tests.models.builders import LLAVA_NEXT_MISTRAL_TEMPLATE
+
+    model = tmp_path / "model"
+    shutil.copytree(checkpoints("llava_next"), model)
+    _, processor = load_base(model)
+    processor.chat_template = (
+        "{% if messages[0]['role'] == 'system' %}{{ raise_exception('Conversation roles must alternate "
+        "user/assistant/user/assistant/...') }}{% endif %}" + LLAVA_NEXT_MISTRAL_TEMPLATE
+    )
+    processor.save_pretrained(model)
+    records = json.loads(demo_data.read_text())
+    records[2]["system_prompt"] = "You are terse."
+    data = tmp_path / "data" / "d.json"
+    data.parent.mkdir()
+    data.write_text(json.dumps(records))
+    shutil.copytree(demo_data.parent / "images", data.parent / "images")
+    out = tmp_path / "run"
+    args = ["run", str(data), "--images", str(data.parent / "images"), "--task-field", "dataset", "--out", str(out),
+            "--model", str(model), "--proj-dim", "32", "--epochs", "1", "--lora-rank", "4"]
+    assert main(args) == 0
+    rows = manifest(out)
+    assert rows[2]["status"].startswith("skipped: features: the chat template cannot render it")
+    assert "roles must alternate" in rows[2]["status"]
+    assert sum(row["status"] == "ok" for row in rows) == len(records) - 1
+
+
+def test_a_reference_adapter_with_lora_outside_the_language_model_is_refused(checkpoints, tmp_path):
+    from peft import LoraConfig, get_peft_model
+
+    base, _ = load_base(checkpoints("llava"))
+    adapter = tmp_path / "vision_adapter"
+    config = LoraConfig(r=2, target_modules=r"model\.(vision_tower|language_model)\..*\.q_proj$")
+    get_peft_model(base, config).save_pretrained(adapter)
+    with pytest.raises(TiveError, match="adapts model.vision_tower.* outside the language model"):
+        check_reference_adapter(adapter, checkpoints("llava"))
+
+
+def test_dropout_in_the_warmup_comes_from_the_seed(checkpoints, demo_data, tmp_path):
+    """A checkpoint whose config has dropout: the same seed gives the same adapter, whatever the global RNG did."""
+    from transformers import AutoConfig
+
+    model = tmp_path / "model"
+    shutil.copytree(checkpoints("llava"), model)
+    config = AutoConfig.from_pretrained(model)
+    config.text_config.attention_dropout = 0.5
+    config.save_pretrained(model)
+    hashes = []
+    for name, noise in (("a", 1), ("b", 2), ("c", 3)):
+        torch.manual_seed(noise)  # global RNG state differs before each warm-up
+        torch.rand(noise)
+        run = tmp_path / name
+        run_prepare(demo_data, run, PrepareOptions(images=str(demo_data.parent / "images"), task_field="dataset"))
+        seed = 0 if name != "c" else 1
+        warm = run_warmup(run, WarmupOptions(model=str(model), epochs=2, batch_size=2, learning_rate=1e-2,
+                                             lora_rank=4, seed=seed, device="cpu"))
+        hashes.append(warm["adapter_sha256"])
+    assert hashes[0] == hashes[1] != hashes[2]

@@ -211,6 +211,8 @@ def _parse_json_list(path: Path, text: str) -> list[Any]:
             f"{path}: not valid JSON at line {err.lineno} column {err.colno}: {err.msg} "
             "(a JSON dataset must be one complete list of records; JSON lines must not start with '[')"
         ) from None
+    except RecursionError:
+        raise _too_deep(path, _deepest_element(text)) from None
     if not isinstance(value, list):
         raise TiveError(f"{path}: the top level is {_type_name(value)}, not a list of records")
     return value
@@ -224,6 +226,9 @@ def _parse_jsonl(path: Path, text: str) -> tuple[list[Any], list[str]]:
         index = len(records)
         try:
             value = json.loads(line)
+        except RecursionError:
+            raise DataError(path, index, None, None, f"line {lineno} is nested too deeply to be read",
+                            _TOO_DEEP_HINT) from None
         except json.JSONDecodeError as err:
             if lineno == 1 and line.lstrip().startswith("{"):
                 _refuse_single_json_object(path, text)
@@ -238,6 +243,30 @@ def _parse_jsonl(path: Path, text: str) -> tuple[list[Any], list[str]]:
         records.append(value)
         lines.append(line)
     return records, lines
+
+
+_TOO_DEEP_HINT = ("an instruction record needs a few levels of nesting; this one holds a runaway structure: fix or "
+                  "remove it")
+
+
+def _too_deep(path: Path, element: int | None) -> TiveError:
+    if element is None:
+        return TiveError(f"{path}: nested too deeply to be read ({_TOO_DEEP_HINT})")
+    return DataError(path, element, None, None, "nested too deeply to be read", _TOO_DEEP_HINT)
+
+
+def _deepest_element(text: str) -> int | None:
+    """The position in the top-level list of the element whose nesting exceeds the parser's limit, found by
+    decoding the elements one at a time; None when the list itself cannot be walked."""
+    read = 0
+    try:
+        for _ in _json_list_elements(text):
+            read += 1
+    except RecursionError:
+        return read
+    except (ValueError, IndexError):
+        return None
+    return None
 
 
 def _record_lines(text: str) -> Iterator[tuple[int, str]]:

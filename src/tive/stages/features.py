@@ -227,14 +227,15 @@ def complete_features(run_dir: Path, store: FeatureStore, wait: bool = False,
     except (FileNotFoundError, TiveError):
         if not (store.meta() or {}).get("complete"):  # not another process that merged first
             raise
-    return sync_manifest(run_dir, store)
+    return sync_manifest(run_dir, store, fresh=True)
 
 
-def sync_manifest(run_dir: Path, store: FeatureStore) -> dict[str, Any]:
-    """Write the complete store's statuses and norms into manifest.jsonl (old values and selections cleared).
+def sync_manifest(run_dir: Path, store: FeatureStore, fresh: bool = False) -> dict[str, Any]:
+    """Write the complete store's statuses and norms into manifest.jsonl.
 
     A record of the candidates the store skipped gets `skipped: features: <reason>`; the others `ok` with their
-    gradient norm, in manifest order (the rows of features.npy). Idempotent.
+    gradient norm, in manifest order (the rows of features.npy). When the store was just merged (`fresh`), or the
+    manifest did not agree with it, the values and selections made from earlier features are cleared.
     """
     meta = store.meta() or {}
     rows = read_manifest(run_dir)
@@ -254,7 +255,7 @@ def sync_manifest(run_dir: Path, store: FeatureStore) -> dict[str, Any]:
         reason = skipped.get(str(row["index"]))
         row["status"] = "ok" if reason is None else FEATURES_SKIP + reason
         row["grad_norm"] = None if reason is not None else float(next(norm_of))
-    if before != [(row["status"], row.get("grad_norm")) for row in candidates]:
+    if fresh or before != [(row["status"], row.get("grad_norm")) for row in candidates]:
         for row in rows:  # new features: earlier values and selections no longer describe them
             row["value"] = None
             row["selected"] = None

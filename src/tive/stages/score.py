@@ -79,13 +79,13 @@ def check_features_current(run_dir: Path, rows: list[dict[str, Any]], complete: 
     adapter = run_dir / WARMUP_DIR / ADAPTER_DIR / ADAPTER_WEIGHTS
     if adapter.is_file() and request.get("adapter_sha256") != sha256_file(adapter):
         raise TiveError(f"{store.dir}: made with another warm-up adapter than {adapter} (the warm-up was redone); "
-                        f"rerun `tive features {run_dir}`")
+                        f"rerun `tive features {run_dir} --force`")
     if request.get("encoding_version", 1) != ENCODING_VERSION:
         raise TiveError(f"{store.dir}: made with encoding version {request.get('encoding_version', 1)}, not "
                         f"{ENCODING_VERSION}; rerun `tive warmup {run_dir} --force` and `tive features {run_dir}`")
     if meta.get("records_sha256") != sha256_json([row["index"] for row in ok_rows(rows)]):
         raise TiveError(f"{store.dir}: made for other records than manifest.jsonl's ok records; rerun "
-                        f"`tive features {run_dir}`")
+                        f"`tive features {run_dir} --force`")
 
 
 def ok_grad_norms(run_dir: Path, rows: list[dict[str, Any]]) -> np.ndarray:
