@@ -139,7 +139,8 @@ class FeatureStore:
 
         Returns:
             The complete meta.json, with `records` (rows), `records_sha256` (of their indices), `skipped`
-            (index → reason), `truncated_records` and the batch sizes used.
+            (index → reason), `truncated_records` and, per chunk, who computed it, where, with which batch size
+            and how long it took.
 
         Raises:
             TiveError: a chunk is missing, or its files do not fit its records (then recompute with --force).
@@ -184,7 +185,11 @@ class FeatureStore:
             "records_sha256": sha256_json([int(i) for info in infos for i in info["rows"]]),
             "skipped": dict(sorted(skipped.items(), key=lambda kv: int(kv[0]))),
             "truncated_records": sum(len(info.get("truncated", [])) for info in infos),
-            "batch_sizes": sorted({int(info["batch_size"]) for info in infos if "batch_size" in info}),
+            "chunks": [
+                {"chunk": chunk, **{key: info[key] for key in ("computed_by", "device", "batch_size", "seconds")
+                                    if key in info}}
+                for chunk, info in enumerate(infos)
+            ],
             "complete": True,
         }
         write_json(self.meta_path, complete)  # last: the store's completion marker

@@ -38,7 +38,7 @@ from tive.rundir import (
 from tive.stages.common import check_encoding_options, say
 
 # How often rank 0 looks for its peers' chunks while it waits to complete the store.
-_POLL_SECONDS = 5.0
+_POLL_SECONDS = 2.0
 
 
 def read_warmup(run_dir: Path) -> dict[str, Any]:
