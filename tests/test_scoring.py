@@ -59,14 +59,15 @@ def test_instance_values_memmap_and_chunking(tmp_path) -> None:
 
 
 def test_instance_values_float16() -> None:
-    x, tasks = _random_features(seed=2)
+    """float16 features are scored with float32 products: within 1e-6 of float64 arithmetic on the same numbers,
+    far below what storing them in float16 changed (~1e-3)."""
+    x, tasks = _random_features(seed=2, d=512)
     half = x.astype(np.float16)
-    np.testing.assert_allclose(
-        instance_values(half, tasks, chunk_rows=5),
-        instance_values_pairwise(half.astype(np.float64), tasks),
-        rtol=0,
-        atol=1e-9,
-    )
+    exact = instance_values_pairwise(half.astype(np.float64), tasks)
+    fast = instance_values(half, tasks, chunk_rows=5)
+    np.testing.assert_allclose(fast, exact, rtol=0, atol=1e-6)
+    storage_error = np.abs(instance_values_pairwise(x, tasks) - exact).max()
+    assert np.abs(fast - exact).max() < storage_error / 10
 
 
 def test_instance_values_errors() -> None:
