@@ -46,7 +46,8 @@ PRESETS = {
 
 
 def build_tiny_model(
-    out_dir: Path, texts: Iterable[str], seed: int, vocab_size: int = 2048, preset: str = "tiny"
+    out_dir: Path, texts: Iterable[str], seed: int, vocab_size: int = 2048, preset: str = "tiny",
+    image_size: int = IMAGE_SIZE, patch_size: int = PATCH_SIZE,
 ) -> Path:
     """Build a built-in model and its processor from scratch and save them to `out_dir`.
 
@@ -56,6 +57,8 @@ def build_tiny_model(
         seed: seed of the random weights.
         vocab_size: upper bound of the BPE vocabulary.
         preset: a key of PRESETS.
+        image_size: the vision tower's input size (LLaVA-1.5's is 336 with patch 14: 576 image tokens).
+        patch_size: its patch size.
     """
     import torch
     from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
@@ -91,12 +94,12 @@ def build_tiny_model(
     )
     tokenizer.chat_template = CHAT_TEMPLATE
     image_processor = CLIPImageProcessorPil(
-        size={"shortest_edge": IMAGE_SIZE}, crop_size={"height": IMAGE_SIZE, "width": IMAGE_SIZE}
+        size={"shortest_edge": image_size}, crop_size={"height": image_size, "width": image_size}
     )
     processor = LlavaProcessor(
         image_processor=image_processor,
         tokenizer=tokenizer,
-        patch_size=PATCH_SIZE,
+        patch_size=patch_size,
         vision_feature_select_strategy="default",
         chat_template=CHAT_TEMPLATE,
         num_additional_image_tokens=1,  # CLIP's class token, dropped by the "default" strategy
@@ -106,8 +109,8 @@ def build_tiny_model(
         intermediate_size=128,
         num_hidden_layers=2,
         num_attention_heads=4,
-        image_size=IMAGE_SIZE,
-        patch_size=PATCH_SIZE,
+        image_size=image_size,
+        patch_size=patch_size,
     )
     text = LlamaConfig(
         vocab_size=len(tokenizer),
