@@ -17,6 +17,7 @@ from typing import Any
 
 from tive import __version__
 from tive.config import (
+    EstimateOptions,
     FeaturesOptions,
     PrepareOptions,
     SelectOptions,
@@ -66,6 +67,13 @@ def _run(args: argparse.Namespace) -> Any:
     from tive.stages import run_all
 
     return run_all(args.data, args.out, *(options_from_args(cls, args) for cls in STAGES))
+
+
+def _estimate(args: argparse.Namespace) -> Any:
+    from tive.stages.estimate import run_estimate
+
+    return run_estimate(args.run_dir, options_from_args(WarmupOptions, args), options_from_args(FeaturesOptions, args),
+                        options_from_args(EstimateOptions, args))
 
 
 def _demo(args: argparse.Namespace) -> Any:
@@ -124,6 +132,8 @@ COMMANDS: tuple[Command, ...] = (
     Command("score", "task values and instance values", _score, (_positional("run_dir", _RUN_DIR_HELP),)),
     Command("select", "budgeted selection; writes the subset, manifest and tasks.json", _select,
             (_positional("run_dir", _RUN_DIR_HELP),), (SelectOptions,)),
+    Command("estimate", "time a few warm-up steps and feature batches; project the run's time, disk and memory",
+            _estimate, (_positional("run_dir", _RUN_DIR_HELP),), (EstimateOptions, WarmupOptions, FeaturesOptions)),
 )
 
 

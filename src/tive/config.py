@@ -186,6 +186,15 @@ class SelectOptions:
     )
 
 
+@dataclass
+class EstimateOptions:
+    """What `tive estimate` times before it projects the whole run."""
+
+    devices: int = opt(1, "devices the run will use (ranks of torchrun / SLURM), each as fast as this one")
+    warmup_steps: int = opt(3, "warm-up steps to time (after one more that is not counted)")
+    feature_batches: int = opt(3, "feature batches to time (after one more that is not counted)")
+
+
 def add_options(parser: argparse.ArgumentParser, cls: type, title: str | None = None) -> None:
     """Add one flag per field of `cls` to `parser`; a flag already present (e.g. --seed) is shared."""
     existing = {action.dest for action in parser._actions}

@@ -2,8 +2,9 @@
 
 On a terminal: a tqdm bar with rate and ETA. Elsewhere (a log file, SLURM's output, CI) a bar is noise, so a
 line every `interval` seconds — done/total, rate, ETA — goes to stderr and to the run's log (`tive.log`), plus
-one at the end. The rate is measured over the work done in this process (a resumed run counts only what it
-computes), and `Progress.rate` is what `tive estimate` and the ETA share.
+one at the end. The rate is measured over the work done in this process after its first update (a resumed run
+counts only what it computes, and the first batch's one-off costs — allocation, lazy initialisation — do not
+skew it), and `Progress.rate` is what `tive estimate` and the ETA share.
 """
 
 from __future__ import annotations
@@ -52,6 +53,7 @@ class Progress:
         self.stream = stream if stream is not None else sys.stderr
         self.started = time.perf_counter()
         self.last_line = self.started
+        self._clock: tuple[float, int] | None = None  # (time, done) at the end of the first update
         self.bar = None
         self.postfix = ""
         if enabled and getattr(self.stream, "isatty", lambda: False)():
@@ -61,8 +63,12 @@ class Progress:
 
     @property
     def rate(self) -> float:
-        """Units per second in this process so far (0 before any)."""
-        elapsed = time.perf_counter() - self.started
+        """Units per second in this process since its first update (before a second update: over the first)."""
+        now = time.perf_counter()
+        if self._clock is not None and self.done > self._clock[1]:
+            since, done = self._clock
+            return (self.done - done) / (now - since) if now > since else 0.0
+        elapsed = now - self.started
         return (self.done - self.initial) / elapsed if elapsed > 0 else 0.0
 
     def eta(self) -> float | None:
@@ -72,6 +78,8 @@ class Progress:
     def update(self, count: int = 1, postfix: str = "") -> None:
         self.done += count
         self.postfix = postfix or self.postfix
+        if self._clock is None:
+            self._clock = (time.perf_counter(), self.done)
         if not self.enabled:
             return
         if self.bar is not None:

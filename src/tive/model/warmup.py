@@ -115,6 +115,7 @@ def train_warmup(
     resume_key: str = "",
     workers: int | None = None,
     progress_interval: float = 30.0,
+    progress: Any = None,
 ) -> tuple[list[float], set[int]]:
     """Train the trainable parameters of `model` on `records`; returns each optimiser step's loss and the indices
     of the records `--max-length` cut (on this rank).
@@ -138,6 +139,7 @@ def train_warmup(
         resume_key: identifies the settings; a checkpoint made with another key is not resumed.
         workers: DataLoader workers encoding ahead (None: `default_workers()`).
         progress_interval: seconds between progress lines when the output is not a terminal.
+        progress: a `tive.progress.Progress` to count the steps on (e.g. `tive estimate`'s); by default one is made.
     """
     import torch
     from transformers import get_cosine_schedule_with_warmup
@@ -179,7 +181,8 @@ def train_warmup(
     truncated: set[int] = set()
     with torch.random.fork_rng(devices=[torch.cuda.current_device()] if device.type == "cuda" else []), \
             open(log_path, "a", encoding="utf-8") as log_file, \
-            Progress("warm-up", total_steps, "step", start_step, progress_interval, rank == 0) as progress:
+            (nullcontext(progress) if progress is not None
+             else Progress("warm-up", total_steps, "step", start_step, progress_interval, rank == 0)) as progress:
         torch.manual_seed(seed + rank)
         pending = iter(batches)
         for step in range(start_step, total_steps):

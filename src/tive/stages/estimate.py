@@ -1,0 +1,182 @@
+"""`tive estimate`: how long the warm-up and the features will take, on this model and device, before the run.
+
+It times a few warm-up steps and a few feature batches with the real model, the real settings and the same code
+the stages run (`tive.model.warmup.train_warmup`, `tive.features.extract.extract_chunks`, counted by the same
+`Progress` whose rate gives the stages' ETA), on records sampled from the run, then scales: warm-up steps =
+ceil(warm-up records / batch) x epochs, feature records = every candidate, each divided by the number of devices
+(data parallelism; start-up and the merge are not included). It prints and writes `estimate.json`: the projected
+wall times, the feature store's size on disk (and the peak during the merge, when the chunks and the merged
+arrays exist together), and the peak memory it saw (the device's on a GPU, this process's on a CPU).
+"""
+
+from __future__ import annotations
+
+import math
+import resource
+import shutil
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from tive.badrecords import BadRecords
+from tive.config import EstimateOptions, FeaturesOptions, WarmupOptions
+from tive.errors import TiveError
+from tive.io import write_json
+from tive.progress import Progress, format_seconds
+from tive.rundir import BASE_MODEL_DIR, candidate_rows, load_prepared, open_run_dir, read_manifest, stage_log
+from tive.stages.common import say
+
+ESTIMATE_FILE = "estimate.json"
+
+
+def run_estimate(run_dir: Path | str, warmup: WarmupOptions, features: FeaturesOptions,
+                 options: EstimateOptions) -> dict[str, Any]:
+    """Time the warm-up and the features on a sample of the run's records; project the whole run."""
+    from tive.stages.features import _check_options
+    from tive.stages.warmup import _warmup_settings
+
+    settings = _warmup_settings(warmup)
+    _check_options(features)
+    if options.devices < 1 or options.warmup_steps < 1 or options.feature_batches < 1:
+        raise TiveError("--devices, --warmup-steps and --feature-batches must be at least 1")
+    run_dir = open_run_dir(run_dir)
+    with stage_log(run_dir):
+        return _estimate(run_dir, warmup, features, options, settings)
+
+
+def _estimate(run_dir: Path, warmup: WarmupOptions, features: FeaturesOptions, options: EstimateOptions,
+              settings: dict[str, Any]) -> dict[str, Any]:
+    import torch
+
+    from tive.model.loading import resolve_device
+    from tive.stages.warmup import BUILTIN_DEFAULTS, _base_model_dir
+
+    rows = candidate_rows(read_manifest(run_dir))
+    if not rows:
+        raise TiveError(f"{run_dir}: no record has status ok; nothing to estimate")
+    dataset, _ = load_prepared(run_dir)
+    records = [dataset.records[row["index"]] for row in rows]
+    base_dir = _base_model_dir(run_dir, warmup.model)
+    if warmup.model in BUILTIN_DEFAULTS and not (run_dir / BASE_MODEL_DIR / "config.json").is_file():
+        from tive.model.tiny import build_tiny_model
+
+        build_tiny_model(base_dir, [t.text() for r in records for t in r.turns], seed=warmup.seed, preset=warmup.model)
+    device = resolve_device(features.device)
+    rng = np.random.default_rng(warmup.seed)
+    scratch = run_dir / "estimate.tmp"
+    shutil.rmtree(scratch, ignore_errors=True)
+    try:
+        warm = _time_warmup(base_dir, scratch, records, settings, warmup, options, rng)
+        feats = _time_features(base_dir, scratch, records, settings, features, options, rng, device)
+    finally:
+        shutil.rmtree(scratch, ignore_errors=True)
+    n_warm = max(1, min(len(records), round(settings["warmup_fraction"] * len(records))))
+    warm_steps = math.ceil(n_warm / settings["batch_size"]) * settings["epochs"]
+    warm_seconds = warm_steps / warm["steps_per_second"] / options.devices
+    feature_seconds = len(records) / feats["records_per_second"] / options.devices
+    bytes_per_value = np.dtype(features.feature_dtype).itemsize
+    store = len(records) * (feats["proj_dim"] * bytes_per_value + 8)
+    peak = torch.cuda.max_memory_allocated() if device.startswith("cuda") else \
+        resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+    result = {
+        "records": len(records),
+        "devices": options.devices,
+        "device": device,
+        "warmup": {"records": n_warm, "steps": warm_steps, "seconds_per_step": 1 / warm["steps_per_second"],
+                   "seconds": warm_seconds, "batch": warm["batch"]},
+        "features": {"records": len(records), "seconds_per_record": 1 / feats["records_per_second"],
+                     "seconds": feature_seconds, "grad_dim": feats["grad_dim"], "proj_dim": feats["proj_dim"],
+                     "batch_size": features.grad_batch_size},
+        "store_bytes": store,
+        "merge_peak_bytes": 2 * store,
+        "peak_memory_bytes": int(peak),
+        "total_seconds": warm_seconds + feature_seconds,
+    }
+    write_json(run_dir / ESTIMATE_FILE, result)
+    gb = 1 << 30
+    say(
+        f"estimate: {len(records):,} records on {options.devices} device(s) ({device}):\n"
+        f"  warm-up:  {warm_steps:,} steps x {1 / warm['steps_per_second']:.3g} s = "
+        f"{format_seconds(warm_seconds)} ({n_warm:,} records, {warm['batch']})\n"
+        f"  features: {len(records):,} records x {1 / feats['records_per_second']:.3g} s = "
+        f"{format_seconds(feature_seconds)} (gradient of {feats['grad_dim']:,} numbers -> {feats['proj_dim']}, "
+        f"batch {features.grad_batch_size})\n"
+        f"  total:    {format_seconds(warm_seconds + feature_seconds)} (start-up and the merge not included)\n"
+        f"  feature store: {store / gb:.2f} GB on disk ({2 * store / gb:.2f} GB while merging); "
+        f"peak memory seen: {peak / gb:.2f} GB ({'device' if device.startswith('cuda') else 'process'})"
+    )
+    return result
+
+
+def _sample(records: list[Any], n: int, rng: np.random.Generator) -> list[Any]:
+    positions = rng.choice(len(records), size=min(n, len(records)), replace=False)
+    return [records[int(p)] for p in sorted(positions)]
+
+
+def _time_warmup(base_dir: Path, scratch: Path, records: list[Any], settings: dict[str, Any],
+                 warmup: WarmupOptions, options: EstimateOptions, rng: np.random.Generator) -> dict[str, Any]:
+    """Warm-up steps per second over `options.warmup_steps` steps (after one more to warm up)."""
+    from tive.model.encode import Encoder
+    from tive.model.loading import LoraSettings, add_lora, enable_gradient_checkpointing, load_base
+    from tive.model.warmup import BatchPlan, train_warmup
+    from tive.stages.warmup import make_accelerator
+
+    accelerator = make_accelerator(warmup.device)
+    model, processor = load_base(base_dir, str(accelerator.device), settings["dtype"])
+    lora = LoraSettings(settings["lora_rank"], settings["lora_alpha"], settings["lora_targets"],
+                        settings["modules_to_save"])
+    model = add_lora(model, lora, seed=warmup.seed)
+    if warmup.gradient_checkpointing:
+        enable_gradient_checkpointing(model)
+    plan = BatchPlan.make(settings["batch_size"], warmup.per_device_batch_size, 1)
+    sample = _sample(records, settings["batch_size"] * (options.warmup_steps + 1), rng)
+    scratch.mkdir(parents=True, exist_ok=True)
+    progress = Progress("estimate warm-up", options.warmup_steps + 1, "step", enabled=False)
+    bad = BadRecords("estimate", "", "skip", 1.0, len(sample))
+    train_warmup(model, Encoder(processor, settings["max_length"]), sample, epochs=1, plan=plan,
+                 learning_rate=settings["learning_rate"], seed=warmup.seed, accelerator=accelerator, out_dir=scratch,
+                 bad=bad, workers=warmup.loader_workers, progress=progress)
+    return {"steps_per_second": progress.rate, "batch": plan.describe()}
+
+
+def _time_features(base_dir: Path, scratch: Path, records: list[Any], settings: dict[str, Any],
+                   features: FeaturesOptions, options: EstimateOptions, rng: np.random.Generator,
+                   device: str) -> dict[str, Any]:
+    """Feature records per second over `options.feature_batches` batches (after one more to warm up)."""
+    from tive.features.extract import Extraction, extract_chunks
+    from tive.features.projection import make_projector
+    from tive.features.store import FeatureStore
+    from tive.model.encode import Encoder
+    from tive.model.loading import (
+        LoraSettings,
+        add_lora,
+        checkpoint_in_eval,
+        enable_gradient_checkpointing,
+        load_base,
+        lora_gradients_only,
+    )
+
+    model, processor = load_base(base_dir, device, features.dtype)
+    lora = LoraSettings(settings["lora_rank"], settings["lora_alpha"], settings["lora_targets"], [])
+    model = add_lora(model, lora, seed=0)  # the cost of a gradient does not depend on the adapter's values
+    model.eval()
+    if features.gradient_checkpointing:
+        enable_gradient_checkpointing(model)
+        checkpoint_in_eval(model)
+    named = lora_gradients_only(model)
+    grad_dim = sum(p.numel() for _, p in named)
+    projector = make_projector(features.projector, grad_dim, features.proj_dim, features.proj_seed, device)
+    batch = features.grad_batch_size if features.grad_mode == "batched" else 1
+    sample = _sample(records, batch * (options.feature_batches + 1), rng)
+    job = Extraction(model, named, Encoder(processor, features.max_length), projector, features.grad_mode,
+                     features.grad_batch_size, device, features.feature_dtype, "estimate")
+    progress = Progress("estimate features", len(sample), "rec", enabled=False)
+    store = FeatureStore(scratch / "features")
+    store.chunks_dir.mkdir(parents=True, exist_ok=True)
+    started = time.perf_counter()
+    extract_chunks(job, [(0, sample)], store, BadRecords("estimate", "", "skip", 1.0, len(sample)), progress,
+                   features.loader_workers)
+    rate = progress.rate or len(sample) / (time.perf_counter() - started)
+    return {"records_per_second": rate, "grad_dim": grad_dim, "proj_dim": projector.proj_dim}
