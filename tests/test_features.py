@@ -238,3 +238,16 @@ def test_features_killed_with_sigkill_resume_to_the_same_bytes(small_run: Path, 
         assert (run / "features" / name).read_bytes() == (reference / "features" / name).read_bytes()
     # Committed chunks are reused, not recomputed: the rerun says how many records were already done.
     assert f"; {8 * len(done)} records already done" in capsys.readouterr().out
+
+
+def test_the_gradient_batch_is_honoured_said_and_recorded_per_chunk(small_run: Path, tmp_path: Path, capsys):
+    run = _copy_run(small_run, tmp_path)
+    run_features(run, FeaturesOptions(proj_dim=64, chunk_size=32, grad_batch_size=5, force=True))
+    assert "batch 5 (--grad-batch-size)" in capsys.readouterr().out
+    meta = json.loads((run / "features" / "meta.json").read_text())
+    assert {chunk["batch_size"] for chunk in meta["chunks"]} == {5}
+    run_features(run, FeaturesOptions(proj_dim=64, chunk_size=32, force=True))
+    out = capsys.readouterr().out
+    assert "(auto: " in out and "GB available" in out
+    meta = json.loads((run / "features" / "meta.json").read_text())
+    assert len({chunk["batch_size"] for chunk in meta["chunks"]}) == 1

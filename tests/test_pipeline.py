@@ -267,7 +267,7 @@ def test_prepare_with_llava665k_rules_writes_the_recovered_tasks(tmp_path: Path)
     assert len({r["task"] for r in rows}) == 9
 
 
-@pytest.mark.parametrize("command", ["run", "demo", "bench", "prepare", "warmup", "features", "score", "select"])
+@pytest.mark.parametrize("command", ["run", "demo", "bench", "prepare", "warmup", "features", "score", "select", "estimate"])
 def test_every_command_has_working_help(command: str, capsys):
     with pytest.raises(SystemExit) as exit_info:
         main([command, "--help"])

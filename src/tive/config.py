@@ -134,7 +134,11 @@ class FeaturesOptions:
         "per-record gradients from one backward pass per batch (batched) or one per record (loop, the reference)",
         choices=["batched", "loop"],
     )
-    grad_batch_size: int = opt(16, "records per forward/backward pass in batched mode")
+    grad_batch_size: int | None = opt(
+        None,
+        "records per forward/backward pass in batched mode (default: from the device's free memory: measured on a "
+        "GPU, at most 64; at most 16 on a CPU); the batch used is said and recorded per chunk",
+    )
     chunk_size: int = opt(256, "records per committed chunk of features (the resume and sharding unit)")
     feature_dtype: str = opt(
         "float32", "dtype the projected features are stored in", choices=["float32", "float16"]

@@ -17,6 +17,7 @@ import numpy as np
 
 from tive.badrecords import BadRecords
 from tive.data.records import Record
+from tive.errors import TiveError
 from tive.features.store import FeatureStore
 
 
@@ -45,6 +46,57 @@ class Extraction:
     device: str
     feature_dtype: str
     computed_by: str
+
+
+MAX_AUTO_BATCH = {"cuda": 64, "cpu": 16}
+
+
+def _available_cpu_bytes() -> int:
+    try:
+        with open("/proc/meminfo") as f:
+            for line in f:
+                if line.startswith("MemAvailable:"):
+                    return int(line.split()[1]) * 1024
+    except OSError:
+        pass
+    return 8 << 30
+
+
+def choose_batch_size(requested: int | None, job: Extraction, records: Sequence[Record]) -> tuple[int, str]:
+    """The gradient batch to use and why: `requested` when given (honoured as is), else from free memory.
+
+    On a GPU, one batch of the longest of `records` (by the length estimate) is run and its peak memory measured;
+    the batch is what fits in 80% of the free memory at that cost per record (at most 64). On a CPU, where the
+    peak cannot be measured, the per-record gradient (materialised, then projected) is the estimate, against half
+    of the available memory (at most 16).
+    """
+    import torch
+
+    from tive.features.grads import BatchedGradients
+    from tive.model.data import encode_batch, length_order
+
+    if requested is not None:
+        return requested, f"batch {requested} (--grad-batch-size)"
+    grad_dim = sum(p.numel() for _, p in job.named_params)
+    if job.device.startswith("cuda") and records:
+        probe = encode_batch(job.encoder, [records[length_order(records)[-1]]])
+        if probe.inputs is not None:
+            torch.cuda.synchronize()
+            torch.cuda.reset_peak_memory_stats()
+            base = torch.cuda.memory_allocated()
+            inputs = {key: value.to(job.device) for key, value in probe.inputs.items()}
+            grads = BatchedGradients(job.model, job.named_params)(inputs)
+            job.projector.project(grads.float())
+            del grads, inputs
+            per_record = max(1, torch.cuda.max_memory_allocated() - base)
+            free, _ = torch.cuda.mem_get_info()
+            batch = max(1, min(MAX_AUTO_BATCH["cuda"], int(0.8 * free // per_record)))
+            return batch, (f"batch {batch} (auto: {free / 2**30:.1f} GB free on {job.device}, "
+                           f"~{per_record / 2**30:.2f} GB for the longest record)")
+    per_record = grad_dim * 4 * 3 + (64 << 20)
+    available = _available_cpu_bytes()
+    batch = max(1, min(MAX_AUTO_BATCH["cpu"], int(0.5 * available // per_record)))
+    return batch, f"batch {batch} (auto: {available / 2**30:.1f} GB available, ~{per_record / 2**20:.0f} MB a record)"
 
 
 def plan_batches(chunks: Sequence[tuple[int, Sequence[Record]]], batch_size: int) -> list[tuple[Any, list[Record]]]:
@@ -96,10 +148,17 @@ def extract_chunks(
         current["truncated"] += batch.truncated
         if batch.inputs is not None:
             inputs = {key: value.to(job.device) for key, value in batch.inputs.items()}
-            if batched is not None:
-                grads = batched(inputs)
-            else:
-                grads = torch.stack([record_gradient(job.model, params, inputs)])
+            try:
+                if batched is not None:
+                    grads = batched(inputs)
+                else:
+                    grads = torch.stack([record_gradient(job.model, params, inputs)])
+            except torch.OutOfMemoryError as error:
+                raise TiveError(
+                    f"features: out of memory on {job.device} with a gradient batch of {len(batch.members)} "
+                    f"records (chunk {chunk}); lower --grad-batch-size (now {batch_size}), or add "
+                    f"--gradient-checkpointing, or a smaller --max-length"
+                ) from error
             with torch.no_grad():
                 rows = [positions[m] for m in batch.members]
                 current["norms"][rows] = grads.double().norm(dim=1).cpu().numpy()

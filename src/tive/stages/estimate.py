@@ -88,7 +88,7 @@ def _estimate(run_dir: Path, warmup: WarmupOptions, features: FeaturesOptions, o
                    "seconds": warm_seconds, "batch": warm["batch"]},
         "features": {"records": len(records), "seconds_per_record": 1 / feats["records_per_second"],
                      "seconds": feature_seconds, "grad_dim": feats["grad_dim"], "proj_dim": feats["proj_dim"],
-                     "batch_size": features.grad_batch_size},
+                     "batch_size": feats["batch_size"]},
         "store_bytes": store,
         "merge_peak_bytes": 2 * store,
         "peak_memory_bytes": int(peak),
@@ -102,7 +102,7 @@ def _estimate(run_dir: Path, warmup: WarmupOptions, features: FeaturesOptions, o
         f"{format_seconds(warm_seconds)} ({n_warm:,} records, {warm['batch']})\n"
         f"  features: {len(records):,} records x {1 / feats['records_per_second']:.3g} s = "
         f"{format_seconds(feature_seconds)} (gradient of {feats['grad_dim']:,} numbers -> {feats['proj_dim']}, "
-        f"batch {features.grad_batch_size})\n"
+        f"batch {feats['batch_size']})\n"
         f"  total:    {format_seconds(warm_seconds + feature_seconds)} (start-up and the merge not included)\n"
         f"  feature store: {store / gb:.2f} GB on disk ({2 * store / gb:.2f} GB while merging); "
         f"peak memory seen: {peak / gb:.2f} GB ({'device' if device.startswith('cuda') else 'process'})"
@@ -145,7 +145,7 @@ def _time_features(base_dir: Path, scratch: Path, records: list[Any], settings: 
                    features: FeaturesOptions, options: EstimateOptions, rng: np.random.Generator,
                    device: str) -> dict[str, Any]:
     """Feature records per second over `options.feature_batches` batches (after one more to warm up)."""
-    from tive.features.extract import Extraction, extract_chunks
+    from tive.features.extract import Extraction, choose_batch_size, extract_chunks
     from tive.features.projection import make_projector
     from tive.features.store import FeatureStore
     from tive.model.encode import Encoder
@@ -168,10 +168,11 @@ def _time_features(base_dir: Path, scratch: Path, records: list[Any], settings: 
     named = lora_gradients_only(model)
     grad_dim = sum(p.numel() for _, p in named)
     projector = make_projector(features.projector, grad_dim, features.proj_dim, features.proj_seed, device)
-    batch = features.grad_batch_size if features.grad_mode == "batched" else 1
+    job = Extraction(model, named, Encoder(processor, features.max_length), projector, features.grad_mode, 1, device,
+                     features.feature_dtype, "estimate")
+    job.batch_size, _ = choose_batch_size(features.grad_batch_size, job, records[:256])
+    batch = job.batch_size if features.grad_mode == "batched" else 1
     sample = _sample(records, batch * (options.feature_batches + 1), rng)
-    job = Extraction(model, named, Encoder(processor, features.max_length), projector, features.grad_mode,
-                     features.grad_batch_size, device, features.feature_dtype, "estimate")
     progress = Progress("estimate features", len(sample), "rec", enabled=False)
     store = FeatureStore(scratch / "features")
     store.chunks_dir.mkdir(parents=True, exist_ok=True)
@@ -179,4 +180,5 @@ def _time_features(base_dir: Path, scratch: Path, records: list[Any], settings: 
     extract_chunks(job, [(0, sample)], store, BadRecords("estimate", "", "skip", 1.0, len(sample)), progress,
                    features.loader_workers)
     rate = progress.rate or len(sample) / (time.perf_counter() - started)
-    return {"records_per_second": rate, "grad_dim": grad_dim, "proj_dim": projector.proj_dim}
+    return {"records_per_second": rate, "grad_dim": grad_dim, "proj_dim": projector.proj_dim,
+            "batch_size": job.batch_size}

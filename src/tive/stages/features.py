@@ -91,7 +91,7 @@ def _check_options(options: FeaturesOptions) -> None:
     from tive.features.projection import PROJECTORS
 
     for name in ("proj_dim", "chunk_size", "grad_batch_size"):
-        if getattr(options, name) < 1:
+        if getattr(options, name) is not None and getattr(options, name) < 1:
             raise TiveError(f"--{name.replace('_', '-')} {getattr(options, name)}: must be at least 1")
     if options.grad_mode not in GRAD_MODES:
         raise TiveError(f"--grad-mode {options.grad_mode}: choose one of {', '.join(GRAD_MODES)}")
@@ -139,7 +139,7 @@ def _features(run_dir: Path, options: FeaturesOptions, launch: Launch) -> dict[s
 def _compute(run_dir: Path, options: FeaturesOptions, launch: Launch, warm: dict[str, Any], store: FeatureStore,
              chunk_rows: list[list[dict[str, Any]]], mine: list[int], n_candidates: int) -> None:
     """Load the reference model and compute this process's chunks."""
-    from tive.features.extract import Extraction, extract_chunks
+    from tive.features.extract import Extraction, choose_batch_size, extract_chunks
     from tive.features.projection import make_projector
     from tive.model.encode import Encoder
     from tive.model.loading import (
@@ -169,15 +169,16 @@ def _compute(run_dir: Path, options: FeaturesOptions, launch: Launch, warm: dict
     chunks = [(chunk, [dataset.records[row["index"]] for row in chunk_rows[chunk]]) for chunk in mine]
     n_records = sum(len(records) for _, records in chunks)
     done = sum(len(rows) for chunk, rows in enumerate(chunk_rows) if store.has_chunk(chunk))
+    job = Extraction(model, named_params, encoder, projector, options.grad_mode, 1, device,
+                     options.feature_dtype, launch.describe())
+    job.batch_size, batch_reason = choose_batch_size(options.grad_batch_size, job, chunks[0][1][:256])
     say(
         f"features: {n_records} of {n_candidates} records ({len(mine)} chunks) on {launch.describe()}, gradient of "
         f"{grad_dim:,} LoRA numbers -> {projector.proj_dim} dims ({options.projector}), {options.grad_mode} "
-        f"gradients, batch {options.grad_batch_size}, {options.dtype} weights, {options.feature_dtype} features, "
+        f"gradients, {batch_reason}, {options.dtype} weights, {options.feature_dtype} features, "
         f"device {device}" + (", gradient checkpointing" if options.gradient_checkpointing else "")
         + (f"; {done} records already done" if done else "")
     )
-    job = Extraction(model, named_params, encoder, projector, options.grad_mode, options.grad_batch_size, device,
-                     options.feature_dtype, launch.describe())
     bad = BadRecords("features", dataset.path, options.on_bad_record, options.max_bad_fraction, n_records)
     started = time.perf_counter()
     with Progress("features", n_records, "rec", 0, options.progress_interval, launch.rank == 0) as progress:
