@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import time
 from pathlib import Path
@@ -9,12 +10,12 @@ from pathlib import Path
 import pytest
 
 from tive.bench.model import BaseSettings, Recipe
-from tive.bench.runner import Plan, SelectionSettings, run_bench, world_inputs
+from tive.bench.runner import Inputs, Plan, SelectionSettings, run_bench, world_inputs
 from tive.bench.world import WorldSizes
 from tive.errors import TiveError
 
 SIZES = WorldSizes(train=120, align=24, eval=4)
-PLAN = Plan(budgets=(0.15,), seeds=(0,), ablations=("grad_norm",),
+PLAN = Plan(budgets=(0.15,), seeds=1, ablations=("grad_norm",),
             recipe=Recipe(steps=4, batch_size=16), workers=1)
 BASE = BaseSettings(seed=0, vision_steps=5, epochs=1, batch_size=16)
 SELECTION = SelectionSettings(proj_dim=64, epochs=1)
@@ -43,6 +44,12 @@ def test_outputs_and_schema(bench: tuple[Path, dict]) -> None:
         assert run["seed"] == 0
     assert "| full | 100% |" in (out / "results.md").read_text()
     assert results["timing"]["selection"]["features"] >= 0
+    # Chance levels of the world's benchmarks: POPE is yes/no, MMBench has four options, RefCOCO is a box.
+    assert set(results["chance"]) == set(results["benchmarks"])
+    assert results["chance"]["pope"] == 50.0 and results["chance"]["mmbench"] == 25.0
+    assert results["chance"]["refcoco"] == 0.0
+    assert "| chance | - |" in (out / "results.md").read_text()
+    assert results["at_chance"]["chance_average"] == pytest.approx(sum(results["chance"].values()) / 6)
 
 
 def test_equal_budget_across_methods(bench: tuple[Path, dict]) -> None:
@@ -59,6 +66,66 @@ def test_rerun_resumes_without_training(bench: tuple[Path, dict]) -> None:
     again = run_bench(out, world_inputs(out, seed=1, sizes=SIZES), PLAN, BASE, SELECTION)
     assert time.perf_counter() - started < 15
     assert [r["scores"] for r in again["runs"]] == [r["scores"] for r in first["runs"]]
+
+
+def test_rerun_with_other_benchmarks_scores_them(bench: tuple[Path, dict]) -> None:
+    out, first = bench
+    inputs = world_inputs(out, seed=1, sizes=SIZES)
+    inputs.evals = [p for p in inputs.evals if p.stem in ("pope", "refcoco")]
+    again = run_bench(out, inputs, PLAN, BASE, SELECTION)
+    assert again["benchmarks"] == ["pope", "refcoco"]
+    for run in again["runs"]:
+        assert set(run["scores"]) == {"pope", "refcoco"}
+        assert run["average"] == pytest.approx(sum(run["scores"].values()) / 2)
+    assert again["caches"]["keys"]["encoded"] != first["caches"]["keys"]["encoded"]
+    assert again["caches"]["selection"] == first["caches"]["selection"]  # the selection does not depend on them
+
+
+def test_rerun_with_another_task_field_recomputes_the_selection(bench: tuple[Path, dict], tmp_path: Path) -> None:
+    out, first = bench
+    inputs = world_inputs(out, seed=1, sizes=SIZES)
+    records = json.loads(inputs.train.read_text())
+    for record in records:
+        record["group"] = "with_image" if "image" in record else "text_only"
+    train = tmp_path / "train_grouped.json"
+    train.write_text(json.dumps(records))
+    inputs.train, inputs.task_field = train, "group"
+    again = run_bench(out, inputs, PLAN, BASE, SELECTION)
+    assert set(again["task_sizes"]) == {"with_image", "text_only"}
+    assert again["caches"]["selection"] != first["caches"]["selection"]
+    assert again["caches"]["keys"]["encoded"] == first["caches"]["keys"]["encoded"]  # same records, same prompts
+
+
+def test_own_data_without_align_pretrains_vision_on_the_training_images(
+        bench: tuple[Path, dict], tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+    world = world_inputs(bench[0], seed=1, sizes=SIZES)
+    own = Inputs(world.train, world.images, "dataset", world.evals[:1], align=None)
+    plan = dataclasses.replace(PLAN, ablations=())
+    results = run_bench(tmp_path / "own", own, plan, BASE, SELECTION)
+    said = capsys.readouterr().out
+    base = results["base_model"]
+    with_image = sum(1 for r in json.loads(world.train.read_text()) if "image" in r)
+    assert base["vision_source"] == "training images" and base["vision_records"] == with_image > 0
+    assert base["vision_steps"] == BASE.vision_steps and base["align_records"] == 0
+    assert f"no --align: the base model's vision tower is pre-trained on the images of the {with_image}" in said
+    assert f"vision tower on {with_image} training images, {BASE.vision_steps} bag-of-words steps" in said
+
+
+def test_skipped_records_are_refused_by_name(tmp_path: Path) -> None:
+    from tive.bench.runner import require_all_ok
+    from tive.io import write_jsonl
+
+    rows = [{"index": 0, "id": "a", "task": "t", "status": "ok"},
+            {"index": 1, "id": "b-7", "task": "t", "status": "skipped: image cannot be encoded"}]
+    write_jsonl(tmp_path / "manifest.jsonl", rows)
+    with pytest.raises(TiveError, match=r"skipped 1 of 2 training records: record 1 \(id b-7\): skipped: image "
+                                        "cannot be encoded"):
+        require_all_ok(tmp_path, 2)
+    rows[1]["status"] = "ok"
+    write_jsonl(tmp_path / "manifest.jsonl", rows)
+    assert len(require_all_ok(tmp_path, 2)) == 2
+    with pytest.raises(TiveError, match="2 records in manifest.jsonl but 3"):
+        require_all_ok(tmp_path, 3)
 
 
 def test_user_data_errors(tmp_path: Path) -> None:

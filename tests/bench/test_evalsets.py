@@ -8,6 +8,7 @@ from pathlib import Path
 import pytest
 
 from tive.bench.evalsets import load_benchmark, load_benchmarks
+from tive.data import check_images, load_dataset
 from tive.errors import TiveError
 
 
@@ -62,3 +63,44 @@ def test_missing_file_and_duplicate_names(tmp_path: Path) -> None:
         load_benchmarks([first, second], None)
     with pytest.raises(TiveError, match="--eval"):
         load_benchmarks([], None)
+
+
+def _mc(question: str, options: list[str], answer: str) -> dict:
+    lines = "\n".join(f"{'ABCDEFG'[k]}. {o}" for k, o in enumerate(options))
+    return {"id": "m", "metric": "option",
+            "conversations": [{"from": "human", "value": f"{question}\n{lines}\nAnswer with the letter."},
+                              {"from": "gpt", "value": answer}]}
+
+
+def test_chance_level_of_each_metric(tmp_path: Path) -> None:
+    from tive.bench.evalsets import chance_level
+
+    def level(name: str, records: list[dict]) -> float:
+        return chance_level(load_benchmark(_write(tmp_path / f"{name}.json", records), None))
+
+    assert level("four", [_mc("Colour?", ["red", "blue", "green", "pink"], "B")] * 3) == pytest.approx(25.0)
+    assert level("mixed", [_mc("Q?", ["a", "b"], "A"), _mc("Q?", ["a", "b", "c", "d"], "D")]) == pytest.approx(37.5)
+    # No option lines in the prompt: as many options as letters up to the highest reference (at least two).
+    assert level("bare", [_record("C", "option"), _record("A", "option")]) == pytest.approx(100 / 3)
+    assert level("pope", [_record("yes"), _record("No."), _record("yes")]) == pytest.approx(50.0)
+    # Open answers: always giving the commonest one ("red", 2 of 4).
+    assert level("open", [_record(a) for a in ("red", "Red.", "blue", "green")]) == pytest.approx(50.0)
+    assert level("both", [_record("yes"), _record("red"), _record("blue")]) == pytest.approx(100 * (0.5 + 0.5 + 0.5) / 3)
+    assert level("boxes", [_record("[0.1, 0.1, 0.5, 0.5]", "iou")] * 2) == 0.0
+
+
+def test_seen_in_training_compares_image_bytes_not_paths(tmp_path: Path) -> None:
+    from PIL import Image
+
+    from tive.bench.evalsets import seen_in_training
+
+    images = tmp_path / "images"
+    images.mkdir()
+    Image.new("RGB", (8, 8), (200, 0, 0)).save(images / "train.png")
+    Image.new("RGB", (8, 8), (0, 200, 0)).save(images / "fresh.png")
+    (images / "copy.png").write_bytes((images / "train.png").read_bytes())  # same image, other name
+    train = load_dataset(_write(tmp_path / "train.json", [_record("x", image="train.png")]))
+    check_images(train, images)
+    bench = load_benchmark(_write(tmp_path / "b.json", [_record("y", image="copy.png"), _record("z", image="fresh.png"),
+                                                        _record("w")]), images)
+    assert seen_in_training([bench], train.records) == {"b": 1}

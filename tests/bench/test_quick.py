@@ -18,3 +18,10 @@ def test_quick_bench(tmp_path: Path) -> None:
     assert {"full", "random", "tive", "random_stratified", "tive_task_only", "tive_instance_only", "grad_norm",
             "el2n", "length"} == methods
     assert (tmp_path / "results.png").stat().st_size > 1000
+    # Each benchmark's chance level is reported, and the verdict on the full-data run is in the table.
+    assert set(results["chance"]) == set(results["benchmarks"])
+    assert results["at_chance"]["chance_average"] > 0
+    table = (tmp_path / "results.md").read_text()
+    assert "| chance | - |" in table
+    if results["at_chance"]["average_at_chance"]:
+        assert "% of full is not meaningful" in table and "| n/m |" in table

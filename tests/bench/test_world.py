@@ -71,10 +71,65 @@ def test_benchmarks_are_eval_files_with_metrics(world: dict) -> None:
     assert used == set(METRICS)
 
 
-def test_benchmark_images_are_not_training_images(world: dict) -> None:
-    train = {r.get("image") for r in json.loads(Path(world["train"]).read_text())}
-    for path in world["eval"].values():
-        assert not train & {r.get("image") for r in json.loads(Path(path).read_text())}
+def _image_hashes(records: list[dict], images: Path) -> list[str | None]:
+    return [hashlib.sha256((images / r["image"]).read_bytes()).hexdigest() if "image" in r else None
+            for r in records]
+
+
+def _question(record: dict) -> str:
+    return record["conversations"][0]["value"].replace("<image>", "").strip()
+
+
+def shared_with_training(world: dict) -> dict[str, dict[str, int]]:
+    """Per benchmark: records whose image (by content) is a training or alignment image, and records whose
+    (image content, question) pair is a training or alignment record's."""
+    images = Path(world["images"])
+    seen = [*json.loads(Path(world["train"]).read_text()), *json.loads(Path(world["align"]).read_text())]
+    seen_images = set(_image_hashes(seen, images)) - {None}
+    seen_pairs = set(zip(_image_hashes(seen, images), map(_question, seen)))
+    out = {}
+    for name, path in world["eval"].items():
+        records = json.loads(Path(path).read_text())
+        hashes = _image_hashes(records, images)
+        out[name] = {"images": sum(h in seen_images for h in hashes),
+                     "pairs": sum(p in seen_pairs for p in zip(hashes, map(_question, records)))}
+    return out
+
+
+def test_benchmark_records_are_not_training_records(world: dict) -> None:
+    shared = shared_with_training(world)
+    assert set(shared) == set(BENCHMARKS)
+    assert all(counts == {"images": 0, "pairs": 0} for counts in shared.values()), shared
+
+
+def test_the_leak_check_finds_a_copied_image(world: dict, tmp_path: Path) -> None:
+    import shutil
+
+    copy = tmp_path / "w"
+    shutil.copytree(Path(world["train"]).parent, copy)
+    info = {**world, "train": str(copy / "train.json"), "align": str(copy / "align.json"),
+            "images": str(copy / "images"), "eval": {n: str(copy / "eval" / f"{n}.json") for n in world["eval"]}}
+    train = json.loads((copy / "train.json").read_text())
+    pope = json.loads((copy / "eval" / "pope.json").read_text())
+    donor = next(r for r in train if "image" in r)
+    # A training image written under the benchmark's own path, and a training question asked about it.
+    (copy / "images" / pope[0]["image"]).write_bytes((copy / "images" / donor["image"]).read_bytes())
+    pope[0]["conversations"][0]["value"] = donor["conversations"][0]["value"]
+    (copy / "eval" / "pope.json").write_text(json.dumps(pope))
+    shared = shared_with_training(info)
+    assert shared["pope"] == {"images": 1, "pairs": 1}
+    assert all(counts["images"] == 0 for name, counts in shared.items() if name != "pope")
+
+
+def test_benchmark_records_with_a_seen_image_are_dropped() -> None:
+    from PIL import Image
+
+    from tive.bench.world import Example, drop_seen, pixel_digest
+
+    red, blue = Image.new("RGB", (4, 4), (255, 0, 0)), Image.new("RGB", (4, 4), (0, 0, 255))
+    examples = [Example([("q", "a")], red.copy(), "0"), Example([("q", "a")], blue, "1"), Example([("q", "a")])]
+    kept, dropped = drop_seen(examples, {pixel_digest(red)})
+    assert dropped == 1 and [e.image_key for e in kept] == ["1", None]
 
 
 def test_another_world_in_the_same_folder_is_refused(world: dict) -> None:

@@ -5,14 +5,19 @@ record whose last turn is the reference answer; the turns before it (earlier ans
 An optional `metric` field says how the answer is scored: `exact` (the default; case- and
 punctuation-insensitive), `option` (the first option letter) or `iou` (a box [x1, y1, x2, y2], correct at
 IoU >= 0.5). Images resolve under the same `--images` root as the training data.
+
+`chance_level` is what answering without looking at the image scores, so a report can tell a model that
+measures something from one that does not (see its docstring for the rule of each metric).
 """
 
 from __future__ import annotations
 
+import re
+from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
 
-from tive.bench.metrics import METRICS, parse_box, option_letter
+from tive.bench.metrics import METRICS, normalise, option_letter, parse_box
 from tive.data import Record, check_images, load_dataset
 from tive.errors import DataError, TiveError
 
@@ -70,3 +75,51 @@ def load_benchmarks(paths: list[Path | str], images: Path | str | None) -> list[
         raise TiveError(f"--eval: two benchmark files are named {duplicate[0]!r}; benchmarks are named after their "
                         "files, so give them distinct names")
     return benchmarks
+
+
+_OPTION_LINE = re.compile(r"^\s*\(?([A-Z])[.):]\s+\S", re.MULTILINE)
+YES_NO = ("yes", "no")
+
+
+def option_count(record: Record) -> int:
+    """How many options (lines such as "A. red" or "(B) circle") the record's last question lists; 0 if none."""
+    questions = [turn for turn in record.turns[:-1] if turn.role == "user"]
+    if not questions:
+        return 0
+    return len(set(_OPTION_LINE.findall(questions[-1].text())))
+
+
+def chance_level(benchmark: Benchmark) -> float:
+    """Accuracy (%) of answering without the image, the mean over records of:
+
+    - `option`: 1 / the number of options the question lists (when it lists fewer than two, the number of
+      letters up to the highest reference letter of the benchmark, at least two);
+    - `exact` with a yes/no reference: 1/2;
+    - other `exact`: the share of the most frequent reference among the benchmark's other exact records
+      (always giving the commonest answer);
+    - `iou`: 0 (a box from nowhere).
+    """
+    if not benchmark.records:
+        return 0.0
+    letters = [option_letter(r) for r, m in zip(benchmark.references, benchmark.metrics) if m == "option"]
+    fallback = max([2] + [ord(x) - ord("A") + 1 for x in letters if x])
+    open_answers = [normalise(r) for r, m in zip(benchmark.references, benchmark.metrics)
+                    if m == "exact" and normalise(r) not in YES_NO]
+    commonest = Counter(open_answers).most_common(1)[0][1] / len(open_answers) if open_answers else 0.0
+    total = 0.0
+    for record, reference, metric in zip(benchmark.records, benchmark.references, benchmark.metrics):
+        if metric == "option":
+            n = option_count(record)
+            total += 1.0 / (n if n >= 2 else fallback)
+        elif metric == "exact":
+            total += 0.5 if normalise(reference) in YES_NO else commonest
+    return 100.0 * total / len(benchmark.records)
+
+
+def seen_in_training(benchmarks: list[Benchmark], training: list[Record]) -> dict[str, int]:
+    """Per benchmark, how many of its records use an image that a training (or alignment) record uses too,
+    compared by the images' bytes (SHA-256), not their paths."""
+    from tive.bench.keys import image_digests
+
+    seen = {digest for record in training for digest in image_digests(record)}
+    return {b.name: sum(any(d in seen for d in image_digests(r)) for r in b.records) for b in benchmarks}

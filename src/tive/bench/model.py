@@ -22,6 +22,8 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
+from tive.bench.options import check_fields
+from tive.config import opt
 from tive.data.records import Record
 from tive.errors import TiveError
 
@@ -47,11 +49,15 @@ class Recipe:
         freeze_vision: keep the vision tower frozen (LLaVA-1.5's stage 2).
     """
 
-    steps: int = 300
-    epochs: int | None = None
-    batch_size: int = 32
-    learning_rate: float = 2e-3
+    steps: int = opt(300, "optimiser steps of every fine-tuning run, whatever its subset size", min=1)
+    epochs: int | None = opt(None, "train every subset for this many epochs instead of --steps (the paper's "
+                             "equal-epochs recipe; see Recipe's docstring)", min=1)
+    batch_size: int = opt(32, "records per optimiser step of the fine-tuning runs", min=1)
+    learning_rate: float = opt(2e-3, "AdamW peak learning rate of the fine-tuning runs", above=0)
     freeze_vision: bool = True
+
+    def __post_init__(self) -> None:
+        check_fields(self)
 
     def total_steps(self, n_records: int) -> int:
         if self.epochs is not None:
@@ -63,7 +69,9 @@ class Recipe:
 class BaseSettings:
     """How the base model is made: tokenizer + random init from `seed`, then pre-training on the alignment set.
 
-    Pre-training has two phases, both on the alignment records only. First the vision tower and projector learn
+    Pre-training has two phases, on the alignment records (with your own data and no `--align`, the bag-of-words
+    phase runs on the training records' images and their answers' words, and the caption phase is skipped: see
+    `runner.alignment_sources`). First the vision tower and projector learn
     to predict which content words the caption contains (a bag-of-words objective on max-pooled image tokens,
     the miniature of CLIP's image-text pre-training, `vision_steps`); then the projector and the language model
     learn to write the captions with the vision tower frozen (LLaVA's alignment stage, `epochs`). Without the
@@ -75,30 +83,44 @@ class BaseSettings:
     """
 
     seed: int = 0
-    vision_steps: int = 800
-    epochs: int = 6
-    batch_size: int = 32
-    learning_rate: float = 2e-3
+    vision_steps: int = opt(800, "base model: bag-of-words steps of the vision tower and projector",
+                            flag="--base-vision-steps", min=0)
+    epochs: int = opt(6, "base model: caption-alignment passes over the alignment records", flag="--base-epochs",
+                      min=0)
+    batch_size: int = opt(32, "base model: records per pre-training step", flag="--base-batch-size", min=1)
+    learning_rate: float = opt(2e-3, "base model: pre-training learning rate", flag="--base-learning-rate", above=0)
     vocab_size: int = 2048
+
+    def __post_init__(self) -> None:
+        check_fields(self)
 
 
 BASE_MARKER = "bench_base.json"
 
 
 def build_base(base_dir: Path, train: Sequence[Record], align: Sequence[Record], settings: BaseSettings,
-               say: Any = print) -> dict[str, Any]:
-    """Build and pre-train the base model into `base_dir` (skipped when the same base is already there)."""
+               say: Any = print, vision: Sequence[Record] | None = None,
+               vision_source: str = "alignment records") -> dict[str, Any]:
+    """Build and pre-train the base model into `base_dir` (skipped when the same base is already there).
+
+    The tokenizer is learned from the texts of `train` and `align`; the bag-of-words phase runs on `vision`
+    (default: `align`; records with one image take part), the caption phase on `align`. The cache key holds
+    the settings, the texts and every pre-training image's bytes (by SHA-256).
+    """
     import torch
 
+    from tive.bench.keys import record_content
     from tive.io import sha256_json
     from tive.model.loading import load_base
     from tive.model.tiny import build_tiny_model
 
+    vision = list(align) if vision is None else list(vision)
     marker = base_dir / BASE_MARKER
     key = sha256_json({
         "settings": asdict(settings),
         "train": [[t.text() for t in r.turns] for r in train],
-        "align": [[[t.text() for t in r.turns], [str(p) for p in r.image_paths]] for r in align],
+        "align": [record_content(r) for r in align],
+        "vision": [record_content(r) for r in vision],
     })
     if marker.is_file():
         old = json.loads(marker.read_text())
@@ -111,22 +133,30 @@ def build_base(base_dir: Path, train: Sequence[Record], align: Sequence[Record],
     model, processor = load_base(base_dir)
     losses: list[float] = []
     vision_losses: list[float] = []
-    if align:
-        items = [encode(processor, r) for r in align]
+    if vision or align:
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(settings.seed)
-            vision_losses = pretrain_vision(model, processor, align, items, steps=settings.vision_steps,
-                                            batch_size=settings.batch_size, learning_rate=settings.learning_rate,
-                                            seed=settings.seed)
-            steps = settings.epochs * math.ceil(len(items) / settings.batch_size)
-            losses = train_model(model, processor, items, steps=steps, batch_size=settings.batch_size,
-                                 learning_rate=settings.learning_rate, seed=settings.seed, freeze_vision=True)
+            if vision:
+                vision_items = [encode(processor, r) for r in vision]
+                vision_losses = pretrain_vision(model, processor, vision, vision_items, steps=settings.vision_steps,
+                                                batch_size=settings.batch_size, learning_rate=settings.learning_rate,
+                                                seed=settings.seed)
+            if align:
+                items = [encode(processor, r) for r in align]
+                steps = settings.epochs * math.ceil(len(items) / settings.batch_size)
+                if steps:
+                    losses = train_model(model, processor, items, steps=steps, batch_size=settings.batch_size,
+                                         learning_rate=settings.learning_rate, seed=settings.seed,
+                                         freeze_vision=True)
         model.save_pretrained(base_dir)
     info = {
         "key": key,
         "settings": asdict(settings),
         "align_records": len(align),
+        "vision_records": len(vision),
+        "vision_source": vision_source,
         "vision_steps": len(vision_losses),
+        "vision_loss_first": vision_losses[0] if vision_losses else None,
         "vision_loss_last": float(sum(vision_losses[-10:]) / len(vision_losses[-10:])) if vision_losses else None,
         "steps": len(losses),
         "loss_first": losses[0] if losses else None,
@@ -136,8 +166,11 @@ def build_base(base_dir: Path, train: Sequence[Record], align: Sequence[Record],
     marker.write_text(json.dumps(info, indent=1) + "\n")  # last: the base's completion marker
     info["cached"] = False
     say(
-        f"bench: base model pre-trained on {len(align)} alignment records, {len(losses)} steps"
-        + (f", loss {info['loss_first']:.2f} -> {info['loss_last']:.2f}" if losses else "")
+        f"bench: base model pre-trained: vision tower on {len(vision)} {vision_source}, {len(vision_losses)} "
+        "bag-of-words steps"
+        + (f" (loss {info['vision_loss_first']:.2f} -> {info['vision_loss_last']:.2f})" if vision_losses else "")
+        + f"; captions on {len(align)} alignment records, {len(losses)} steps"
+        + (f" (loss {info['loss_first']:.2f} -> {info['loss_last']:.2f})" if losses else "")
         + f" ({info['seconds']:.0f} s)"
     )
     return info
@@ -202,22 +235,40 @@ def pretrain_vision(model: Any, processor: Any, records: Sequence[Record], items
     return losses
 
 
-def encode(processor: Any, record: Record) -> dict[str, Any]:
-    """A training item: input ids, attention mask, labels on the answers only, image tensors."""
-    from tive.model.encode import encode_record
+_ENCODERS: dict[int, tuple[Any, Any]] = {}
 
-    return encode_record(processor, record)
+
+def _encoder(processor: Any) -> Any:
+    """The pipeline's `Encoder` for this processor, made once (it learns the template's BOS / end-of-turn rules)."""
+    from tive.model.encode import Encoder
+
+    held = _ENCODERS.get(id(processor))
+    if held is None or held[0] is not processor:
+        held = _ENCODERS[id(processor)] = (processor, Encoder(processor))
+    return held[1]
+
+
+def encode(processor: Any, record: Record) -> dict[str, Any]:
+    """A training item, encoded exactly as the pipeline's stages encode it: input ids, attention mask, labels on
+    the answers (and their end-of-turn marker) only, image tensors."""
+    return _encoder(processor).encode(record).inputs
 
 
 def encode_prompt(processor: Any, record: Record) -> dict[str, Any]:
-    """An evaluation prompt: every turn but the last (the reference), then the assistant's generation prompt."""
+    """An evaluation prompt: every turn but the last (the reference), then the assistant's generation prompt,
+    with the same special tokens as the training items (one BOS; nothing after the prompt)."""
     from tive.model.encode import load_images, record_messages
 
+    plan = _encoder(processor).plan
     messages = record_messages(record)[:-1]
     text = processor.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
     images = load_images(record)
-    encoded = processor(text=[text], images=images or None, add_special_tokens=False, return_tensors="pt")
+    encoded = processor(text=[text], images=images or None, add_special_tokens=plan.add_special_tokens,
+                        return_tensors="pt")
     out = {key: value[0] if key in ("input_ids", "attention_mask") else value for key, value in encoded.items()}
+    if plan.add_special_tokens and plan.suffix_length:  # a tokenizer that appends EOS: a prompt does not end
+        for key in ("input_ids", "attention_mask"):
+            out[key] = out[key][: -plan.suffix_length]
     return out
 
 

@@ -1,4 +1,10 @@
-"""The bench's outputs for people: the paper-style table, the timing lines and the plot."""
+"""The bench's outputs for people: the paper-style table, the chance-level notes, the timing lines and the plot.
+
+A score means something only above what answering without the image gets (`evalsets.chance_level`). The table
+has a `chance` row; a benchmark where the full-data run is within `AT_CHANCE_POINTS` of chance is flagged
+(`*` in its column header, and named below the table), and when the full-data *average* is that close to the
+average chance level, "% of full" is not meaningful and is printed as `n/m` (it would be a ratio of noise).
+"""
 
 from __future__ import annotations
 
@@ -8,6 +14,7 @@ from typing import Any
 
 import numpy as np
 
+AT_CHANCE_POINTS = 10.0
 ORDER = ("full", "random", "random_stratified", "tive", "tive_task_only", "tive_instance_only", "grad_norm", "el2n",
          "length")
 
@@ -27,11 +34,37 @@ def _mean_std(values: list[float]) -> tuple[float, float]:
     return float(array.mean()), float(array.std(ddof=1)) if len(array) > 1 else 0.0
 
 
+def chance_summary(results: dict[str, Any]) -> dict[str, Any] | None:
+    """Chance levels against the full-data run: the benchmarks where full data is within AT_CHANCE_POINTS of
+    chance, and whether its average is. None when the results hold no chance levels (older results.json)."""
+    chance = results.get("chance")
+    full = [r for r in results["runs"] if r["method"] == "full"]
+    if not chance or not full:
+        return None
+    names = results["benchmarks"]
+    full_scores = {n: float(np.mean([r["scores"][n] for r in full])) for n in names}
+    full_average = float(np.mean([r["average"] for r in full]))
+    chance_average = float(np.mean([chance[n] for n in names]))
+    return {
+        "points": AT_CHANCE_POINTS,
+        "benchmarks": [n for n in names if full_scores[n] < chance[n] + AT_CHANCE_POINTS],
+        "full_average": full_average,
+        "chance_average": chance_average,
+        "average_at_chance": full_average < chance_average + AT_CHANCE_POINTS,
+    }
+
+
 def summary_rows(results: dict[str, Any]) -> list[dict[str, Any]]:
-    """One row per (method, budget): mean and spread (sample std over seeds) per benchmark and on average."""
+    """One row per (method, budget): mean and spread (sample std over seeds) per benchmark and on average.
+
+    `percent_of_full` is None when there is no full-data run, or when its average is at chance level.
+    """
     groups = group_runs(results)
     full = [r["average"] for r in results["runs"] if r["method"] == "full"]
     full_mean = float(np.mean(full)) if full else None
+    chance = chance_summary(results)
+    if chance and chance["average_at_chance"]:
+        full_mean = None
     rows = []
     for (method, budget), runs in groups.items():
         row = {"method": method, "budget": budget, "seeds": len(runs), "scores": {}}
@@ -44,22 +77,53 @@ def summary_rows(results: dict[str, Any]) -> list[dict[str, Any]]:
 
 
 def summary_table(results: dict[str, Any]) -> str:
-    """A Markdown table like the paper's: benchmarks as columns, methods as rows, average and % of full."""
+    """A Markdown table like the paper's: benchmarks as columns, methods as rows, average and % of full; a
+    `chance` row and `*` on benchmarks where full data is at chance level."""
     names = results["benchmarks"]
-    header = ["method", "budget", *names, "average", "% of full"]
+    chance = results.get("chance")
+    summary = chance_summary(results)
+    flagged = set(summary["benchmarks"]) if summary else set()
+    at_chance = bool(summary and summary["average_at_chance"])
+    header = ["method", "budget", *[n + (" *" if n in flagged else "") for n in names], "average", "% of full"]
     lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
-    for row in summary_rows(results):
+    if chance:
+        cells = ["chance", "-", *[f"{chance[n]:.1f}" for n in names], f"{np.mean([chance[n] for n in names]):.1f}",
+                 "-"]
+        lines.append("| " + " | ".join(cells) + " |")
+    rows = summary_rows(results)
+    for row in rows:
         cells = [row["method"], f"{row['budget'] * 100:g}%"]
         cells += [f"{row['scores'][n][0]:.1f}" for n in names]
         mean, std = row["average"]
         cells.append(f"{mean:.1f} ± {std:.1f}" if row["seeds"] > 1 else f"{mean:.1f}")
-        cells.append(f"{row['percent_of_full']:.1f}" if row["percent_of_full"] is not None else "-")
+        if at_chance:
+            cells.append("n/m")
+        else:
+            cells.append(f"{row['percent_of_full']:.1f}" if row["percent_of_full"] is not None else "-")
         lines.append("| " + " | ".join(cells) + " |")
-    seeds = max((row["seeds"] for row in summary_rows(results)), default=1)
+    seeds = max((row["seeds"] for row in rows), default=1)
     lines.append("")
     lines.append(f"Scores are accuracy (%) averaged over {seeds} seed(s); ± is the standard deviation of the average "
-                 "over seeds.")
+                 "over seeds." + (" `chance`: answering without the image." if chance else ""))
     return "\n".join(lines)
+
+
+def chance_lines(results: dict[str, Any]) -> list[str]:
+    """The warnings about chance level, for the output and results.md (none when every benchmark is above)."""
+    summary = chance_summary(results)
+    if not summary:
+        return []
+    lines = []
+    points = f"{summary['points']:g}"
+    if summary["benchmarks"]:
+        lines.append(f"* at chance: the full-data run scores within {points} points of chance (or below) on "
+                     f"{', '.join(summary['benchmarks'])}; differences between methods there are not evidence.")
+    if summary["average_at_chance"]:
+        lines.append(f"% of full is not meaningful (n/m): the full-data average {summary['full_average']:.1f} is "
+                     f"within {points} points of the chance average {summary['chance_average']:.1f}, so the model "
+                     "does not measure what the data teaches (does the base model see? see the base model line; "
+                     "more steps or --align may help).")
+    return lines
 
 
 def timing_lines(results: dict[str, Any]) -> list[str]:
@@ -108,6 +172,10 @@ def write_plot(results: dict[str, Any], path: Path) -> Path | None:
         mean, std = full[0]["average"]
         ax.axhline(mean, color="black", linestyle="--", label=f"full data ({mean:.1f})")
         ax.axhspan(mean - std, mean + std, color="black", alpha=0.08)
+    summary = chance_summary(results)
+    if summary:
+        ax.axhline(summary["chance_average"], color="gray", linestyle=":",
+                   label=f"chance ({summary['chance_average']:.1f})")
     by_method: dict[str, list[dict[str, Any]]] = defaultdict(list)
     for row in rows:
         if row["method"] != "full":

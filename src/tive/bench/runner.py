@@ -1,12 +1,18 @@
 """`tive bench`: the miniature of the paper's experiment, end to end.
 
     inputs (the built-in world, or the user's train file + images + benchmark files)
-      -> base model (tiny LLaVA pre-trained on the alignment set; cached)
+      -> base model (tiny LLaVA pre-trained on the alignment set, or without one on the training images'
+         bag of words; cached)
       -> selection signals: TIVE's stages once (prepare, warmup, features, score) + EL2N + answer lengths
       -> subsets: every method x budget x seed, exactly the same size at each budget
       -> training runs: a fresh copy of the base fine-tuned on each subset with one recipe, then greedy
          evaluation on every benchmark (worker processes; each finished run is saved, so a rerun resumes)
-      -> results.json, results.md (the table), results.png (average vs budget), timing
+      -> results.json, results.md (the table, with each benchmark's chance level and a flag where the full-data
+         run is within 10 points of it), results.png (average vs budget), timing
+
+Every cache (base model, encoded records, selection signals, runs) is keyed on the content it depends on
+(`tive.bench.keys`): rerunning into the same --out with other benchmarks, another task field or edited files
+recomputes what changed and reuses the rest.
 
 Every random choice derives from explicit seeds: the world from --world-seed, the base model from it, each run's
 subset and training order from the run's seed.
@@ -26,14 +32,34 @@ import numpy as np
 
 from tive.bench.methods import FULL, METHODS, Signals, choose_subset, task_shares
 from tive.bench.model import BaseSettings, Recipe
+from tive.bench.options import check_fields, default_of, flag_of
 from tive.bench.world import WorldSizes, write_world
+from tive.config import FeaturesOptions, SelectOptions, WarmupOptions, opt
+from tive.data.records import Record
 from tive.errors import TiveError
 from tive.io import sha256_json, write_json
+from tive.select import DEFAULT_METHOD, DEFAULT_TEMPERATURE
 from tive.stages import say
 
 log = logging.getLogger("tive")
 
 ABLATIONS = ("random_stratified", "tive_task_only", "tive_instance_only", "grad_norm", "el2n", "length")
+
+
+def parse_budgets(text: str) -> tuple[float, ...]:
+    """`--budgets 0.05,0.15` -> (0.05, 0.15), sorted and without repeats (bounds: `Plan`'s check)."""
+    values = []
+    for part in text.split(","):
+        try:
+            values.append(float(part))
+        except ValueError:
+            raise TiveError(f"--budgets {text}: {part!r} is not a number; give fractions such as 0.05,0.15") from None
+    return tuple(sorted(set(values)))
+
+
+def parse_names(text: str) -> tuple[str, ...]:
+    """`--ablations el2n,length` -> ("el2n", "length"); an empty text is no method."""
+    return tuple(part.strip() for part in text.split(",") if part.strip())
 
 
 @dataclass
@@ -42,19 +68,29 @@ class Plan:
 
     Attributes:
         budgets: the budgets (fractions) at which `tive` and `random` run.
-        seeds: the seeds of every subset method (and of the full-data runs' training order).
+        seeds: how many seeds (0..seeds-1) every subset method runs with (and the full-data runs' training order).
         ablation_budget: the one budget at which the other methods run (the paper's 15%).
         ablations: the other methods.
         recipe: the fine-tuning recipe, the same for every run.
-        workers: worker processes; each uses cpu_count / workers threads.
+        workers: worker processes (None: the number of CPUs, at most 4); each uses cpu_count / workers threads.
     """
 
-    budgets: tuple[float, ...] = (0.05, 0.10, 0.15, 0.30)
-    seeds: tuple[int, ...] = (0, 1, 2)
-    ablation_budget: float = 0.15
-    ablations: tuple[str, ...] = ABLATIONS
+    budgets: tuple[float, ...] = opt((0.05, 0.10, 0.15, 0.30), "budgets (fractions of the training records) at "
+                                     "which tive and random run, comma-separated", parse=parse_budgets, above=0,
+                                     below=1)
+    seeds: int = opt(3, "seeds per subset method (seeds 0..N-1; also the full-data runs' training order)", min=1)
+    ablation_budget: float = opt(0.15, "the budget at which the other methods run (the paper's 15%); without "
+                                 "this flag, the one of --budgets nearest to it", above=0, below=1)
+    ablations: tuple[str, ...] = opt(ABLATIONS, "the other methods, comma-separated", parse=parse_names)
     recipe: Recipe = field(default_factory=Recipe)
-    workers: int = 2
+    workers: int | None = opt(None, "training processes in parallel (default: the number of CPUs, at most 4)", min=1)
+
+    def __post_init__(self) -> None:
+        check_fields(self)
+        unknown = [m for m in self.ablations if m not in METHODS]
+        if unknown:
+            raise TiveError(f"{flag_of(Plan, 'ablations')} {','.join(self.ablations)}: unknown method "
+                            f"{unknown[0]!r}; choose from {', '.join(METHODS)}")
 
 
 @dataclass
@@ -63,17 +99,25 @@ class SelectionSettings:
 
     The warm-up starts from the bench's pre-trained base (passed as a checkpoint directory); a checkpoint's
     defaults (lr 2e-5, 1 epoch) barely move a LoRA on a 0.6M-parameter model in a few dozen steps, so the
-    warm-up's rank, learning rate and epochs are set explicitly for the tiny base.
+    warm-up's rank, learning rate and epochs are set explicitly for the tiny base. The other defaults are read
+    from the project's option classes (`tive.config`, `tive.select`), not restated.
     """
 
-    warmup_fraction: float = 0.08
-    lora_rank: int = 8
-    learning_rate: float = 1e-3
-    epochs: int = 2
-    proj_dim: int = 8192
-    seed: int = 0
-    choose: str = "sample"
-    temperature: float = 0.1
+    warmup_fraction: float = opt(default_of(WarmupOptions, "warmup_fraction"),
+                                 "share of the training records in TIVE's warm-up, as `tive run`",
+                                 above=0, max=1)
+    lora_rank: int = opt(8, "LoRA rank of TIVE's warm-up", flag="--warmup-lora-rank", min=1)
+    learning_rate: float = opt(1e-3, "learning rate of TIVE's warm-up", flag="--warmup-learning-rate", above=0)
+    epochs: int = opt(2, "epochs of TIVE's warm-up", flag="--warmup-epochs", min=1)
+    proj_dim: int = opt(default_of(FeaturesOptions, "proj_dim"),
+                        "projected gradient dimension, as `tive run`", min=1)
+    seed: int = opt(0, "seed of TIVE's warm-up sample and LoRA initialisation", flag="--warmup-seed", min=0)
+    choose: str = opt(DEFAULT_METHOD, "TIVE's instance choice within a task, as `tive run`",
+                      choices=SelectOptions.__dataclass_fields__["choose"].metadata["choices"])
+    temperature: float = opt(DEFAULT_TEMPERATURE, "TIVE's sampling temperature, as `tive run`", above=0)
+
+    def __post_init__(self) -> None:
+        check_fields(self)
 
 
 @dataclass
@@ -88,12 +132,13 @@ class Inputs:
     world: dict[str, Any] | None = None
 
 
-QUICK_SIZES = WorldSizes(train=1000, align=600, eval=40)
-DEFAULT_SIZES = WorldSizes(train=4000, align=1500, eval=100)
-
-
-QUICK_STEPS = 80
-QUICK_BASE = {"vision_steps": 400, "epochs": 4}
+# What --quick changes, per settings class (field -> value); flags the user gives still win.
+QUICK: dict[type, dict[str, Any]] = {
+    WorldSizes: {"train": 1000, "align": 600, "eval": 40},
+    Plan: {"budgets": (0.15,), "seeds": 1},
+    Recipe: {"steps": 80},
+    BaseSettings: {"vision_steps": 400, "epochs": 4},
+}
 
 
 def world_inputs(out: Path, seed: int, sizes: WorldSizes) -> Inputs:
@@ -116,21 +161,44 @@ def _elapsed(started: float) -> float:
     return round(time.perf_counter() - started, 1)
 
 
-def compute_signals(inputs: Inputs, out: Path, base_dir: Path, base_key: str, items: list[dict[str, Any]],
-                    settings: SelectionSettings, threads: int) -> tuple[Signals, dict[str, float]]:
-    """Run TIVE's stages once on the training set; add EL2N and answer lengths. Returns signals and timings."""
+def require_all_ok(run_dir: Path, expected: int) -> list[dict[str, Any]]:
+    """The manifest rows of the selection run, refusing any record a stage skipped (named, with its reason).
+
+    Every method is compared on the same records and a run's subset positions index the encoded training
+    records, so a skipped record would misalign them; the bench's own world has none.
+    """
+    from tive.rundir import read_manifest
+
+    rows = read_manifest(run_dir)
+    skipped = [row for row in rows if row["status"] != "ok"]
+    if skipped:
+        shown = "; ".join(f"record {row['index']} (id {row['id']}): {row['status']}" for row in skipped[:5])
+        more = f"; and {len(skipped) - 5} more" if len(skipped) > 5 else ""
+        raise TiveError(f"{run_dir}: TIVE's stages skipped {len(skipped)} of {len(rows)} training records: {shown}{more} "
+                        "(see manifest.jsonl); the bench compares every method on the same records, so fix or "
+                        "remove them from --train")
+    if len(rows) != expected:
+        raise TiveError(f"{run_dir}: {len(rows)} records in manifest.jsonl but {expected} training records; "
+                        "rerun in a new --out directory")
+    return rows
+
+
+def compute_signals(inputs: Inputs, out: Path, base_dir: Path, key: str, items: list[dict[str, Any]],
+                    settings: SelectionSettings, threads: int) -> tuple[Signals, dict[str, float], Path]:
+    """Run TIVE's stages once on the training set; add EL2N and answer lengths. Returns signals, timings and the
+    run directory, whose name is `key` (the base, the training records with their tasks, the task field) with
+    the stage settings."""
     import torch
 
-    from tive.config import FeaturesOptions, PrepareOptions, WarmupOptions
+    from tive.config import PrepareOptions
     from tive.io import read_json
-    from tive.rundir import ok_rows, read_manifest
     from tive.scoring import task_values
     from tive.stages import run_features, run_prepare, run_score, run_warmup
 
     torch.set_num_threads(threads)
     # Instance choice and temperature act at selection time only; the stages depend on the rest.
     stage_settings = {k: v for k, v in asdict(settings).items() if k not in ("choose", "temperature")}
-    run_dir = out / "selection" / sha256_json({"settings": stage_settings, "base": base_key})[:12]
+    run_dir = out / "selection" / sha256_json({"settings": stage_settings, "inputs": key})[:12]
     timing: dict[str, float] = {}
     signals_path = run_dir / "bench_signals.npz"
     if signals_path.is_file():
@@ -142,7 +210,7 @@ def compute_signals(inputs: Inputs, out: Path, base_dir: Path, base_key: str, it
             task_values=json.loads(str(saved["task_values"])), el2n=saved["el2n"],
             answer_tokens=saved["answer_tokens"], choose=settings.choose, temperature=settings.temperature,
         )
-        return signals, timing
+        return signals, timing, run_dir
     started = time.perf_counter()
     run_prepare(inputs.train, run_dir, PrepareOptions(images=str(inputs.images) if inputs.images else None,
                                                       task_field=inputs.task_field))
@@ -158,9 +226,7 @@ def compute_signals(inputs: Inputs, out: Path, base_dir: Path, base_key: str, it
     started = time.perf_counter()
     run_score(run_dir)
     timing["score"] = _elapsed(started)
-    rows = ok_rows(read_manifest(run_dir))
-    if len(rows) != len(items):
-        raise TiveError(f"{run_dir}: {len(rows)} ok records but {len(items)} encoded; rerun in a new --out directory")
+    rows = require_all_ok(run_dir, len(items))
     tasks = [row["task"] for row in rows]
     norms = np.array([row["grad_norm"] for row in rows], dtype=np.float64)
     values = np.array([row["value"] for row in rows], dtype=np.float64)
@@ -175,7 +241,7 @@ def compute_signals(inputs: Inputs, out: Path, base_dir: Path, base_key: str, it
     write_json(run_dir / "bench_timing.json", timing)
     signals = Signals(tasks=tasks, grad_norms=norms, values=values, task_values=t_values, el2n=el2n,
                       answer_tokens=answer_tokens, choose=settings.choose, temperature=settings.temperature)
-    return signals, timing
+    return signals, timing, run_dir
 
 
 def reference_el2n(base_dir: Path, adapter_dir: Path, items: list[dict[str, Any]], batch_size: int = 32) -> np.ndarray:
@@ -218,24 +284,34 @@ def encode_all(processor: Any, records: list[Any], benchmarks: list[Any]) -> dic
 def plan_jobs(plan: Plan, signals: Signals) -> list[dict[str, Any]]:
     """Every (method, budget, seed) run with its subset; `full` once per seed."""
     n = len(signals.tasks)
-    jobs = [{"method": FULL, "budget": 1.0, "seed": s, "positions": np.arange(n)} for s in plan.seeds]
+    seeds = range(plan.seeds)
+    jobs = [{"method": FULL, "budget": 1.0, "seed": s, "positions": np.arange(n)} for s in seeds]
     for budget in plan.budgets:
         for method in ("tive", "random"):
-            for seed in plan.seeds:
+            for seed in seeds:
                 jobs.append({"method": method, "budget": budget, "seed": seed,
                              "positions": choose_subset(method, signals, budget, seed)})
     for method in plan.ablations:
         if method not in METHODS:
             raise TiveError(f"unknown method {method!r}; choose from {', '.join(METHODS)}")
-        for seed in plan.seeds:
+        for seed in seeds:
             jobs.append({"method": method, "budget": plan.ablation_budget, "seed": seed,
                          "positions": choose_subset(method, signals, plan.ablation_budget, seed)})
     return jobs
 
 
-def run_jobs(jobs: list[dict[str, Any]], plan: Plan, base_key: str, cache_path: Path, base_dir: Path,
+def default_workers() -> int:
+    """Training processes when --workers is not given: the number of CPUs, at most 4."""
+    return max(1, min(4, os.cpu_count() or 1))
+
+
+def run_jobs(jobs: list[dict[str, Any]], plan: Plan, inputs_key: str, cache_path: Path, base_dir: Path,
              runs_dir: Path) -> list[dict[str, Any]]:
-    """Run every job not already saved in runs_dir (workers in parallel); return all results in job order."""
+    """Run every job not already saved in runs_dir (workers in parallel); return all results in job order.
+
+    A saved run is reused only when its key matches: `inputs_key` (what the encoded cache holds: the base
+    model, the training records, the benchmarks), the recipe, the seed and the subset.
+    """
     from concurrent.futures import ProcessPoolExecutor, as_completed
     import multiprocessing
 
@@ -247,7 +323,7 @@ def run_jobs(jobs: list[dict[str, Any]], plan: Plan, base_key: str, cache_path: 
     todo = []
     for index, job in enumerate(jobs):
         job["recipe"] = recipe
-        job["key"] = sha256_json({"base": base_key, "recipe": recipe, "seed": job["seed"],
+        job["key"] = sha256_json({"inputs": inputs_key, "recipe": recipe, "seed": job["seed"],
                                   "positions": [int(p) for p in job["positions"]]})
         path = runs_dir / f"{job['method']}_{job['budget']:g}_{job['seed']}.json"
         job["path"] = str(path)
@@ -259,7 +335,7 @@ def run_jobs(jobs: list[dict[str, Any]], plan: Plan, base_key: str, cache_path: 
         todo.append(index)
     if todo:
         cpus = os.cpu_count() or 1
-        workers = max(1, min(plan.workers, len(todo)))
+        workers = max(1, min(plan.workers if plan.workers is not None else default_workers(), len(todo)))
         threads = max(1, cpus // workers)
         say(f"bench: {len(todo)} training runs to do ({len(jobs) - len(todo)} already done), {workers} worker(s) x "
             f"{threads} thread(s)")
@@ -293,14 +369,42 @@ def run_jobs(jobs: list[dict[str, Any]], plan: Plan, base_key: str, cache_path: 
     return [results[i] for i in range(len(jobs))]
 
 
+def alignment_sources(inputs: Inputs, records: list[Record]) -> tuple[list[Record], list[Record], str, str]:
+    """What the base model is pre-trained on: (caption records, bag-of-words records, their name, a sentence).
+
+    With an alignment file (the built-in world's captions, or `--align`), both phases use it, as LLaVA's
+    alignment stage. Without one, the vision tower and projector learn the bag of words of the training records'
+    answers from their images (the same vision pre-training the built-in world uses, on the user's own
+    images) and the caption phase is skipped; the language model is not pre-trained on the training answers,
+    so the full-data run keeps no head start over the subsets beyond what every method's base shares.
+    """
+    if inputs.align is not None:
+        align = [r for r in _load_records(inputs.align, inputs.images, None) if r.ok]
+        if not align:
+            raise TiveError(f"--align {inputs.align}: no usable records")
+        return align, align, "alignment records", (
+            f"bench: base model pre-trained on the {len(align)} alignment records of {inputs.align} (bag of words, "
+            "then captions)")
+    vision = [r for r in records if len(r.images) == 1]
+    if not vision:
+        return [], [], "training images", (
+            "bench: no --align and no training record with exactly one image: the base model gets no vision "
+            "pre-training and is likely blind (expect benchmarks at chance); pass --align CAPTIONS.json")
+    return [], vision, "training images", (
+        f"bench: no --align: the base model's vision tower is pre-trained on the images of the {len(vision)} "
+        "training records with one image (the bag of words of their answers; no caption phase); pass "
+        "--align CAPTIONS.json for LLaVA's caption alignment instead")
+
+
 def run_bench(out: Path, inputs: Inputs, plan: Plan, base_settings: BaseSettings,
               selection: SelectionSettings) -> dict[str, Any]:
     """The whole bench; writes DIR/results.json, results.md, results.png and returns the results."""
     import torch
 
-    from tive.bench.evalsets import load_benchmarks
+    from tive.bench.evalsets import chance_level, load_benchmarks, seen_in_training
+    from tive.bench.keys import benchmarks_key, records_key
     from tive.bench.model import build_base
-    from tive.bench.report import summary_table, timing_lines, write_plot
+    from tive.bench.report import chance_lines, chance_summary, summary_table, timing_lines, write_plot
     from tive.model.loading import load_base
 
     wall = time.perf_counter()
@@ -315,22 +419,36 @@ def run_bench(out: Path, inputs: Inputs, plan: Plan, base_settings: BaseSettings
     records = [r for r in records if r.ok]
     if len(records) < 20:
         raise TiveError(f"{inputs.train}: {len(records)} usable records; the bench needs at least 20")
-    align = _load_records(inputs.align, inputs.images, None) if inputs.align else []
-    if not align:
-        say("bench: no alignment data (--align); the base model starts from random weights, unlike the paper's")
+    align, vision, vision_source, sentence = alignment_sources(inputs, records)
+    say(sentence)
     benchmarks = load_benchmarks(inputs.evals, inputs.images)
     say(f"bench: {len(records)} training records, {len(align)} alignment records, benchmarks "
         + ", ".join(f"{b.name} ({len(b.records)})" for b in benchmarks))
+    seen = seen_in_training(benchmarks, [*records, *align])
+    if any(seen.values()):
+        say("bench: warning: benchmark records whose image is also a training or alignment image (by content): "
+            + ", ".join(f"{name} {n}/{len(b.records)}" for b, (name, n) in zip(benchmarks, seen.items()) if n))
 
     timing: dict[str, Any] = {}
-    started = time.perf_counter()
     base_dir = out / "base"
-    base_info = build_base(base_dir, records, align, base_settings, say=say)
+    base_info = build_base(base_dir, records, align, base_settings, say=say, vision=vision,
+                           vision_source=vision_source)
     timing["base_model_seconds"] = base_info["seconds"]
     timing["base_model_cached"] = base_info["cached"]
 
+    # Every cache is keyed on all its content depends on (see tive.bench.keys): the encoded records and prompts
+    # on the base model, the training records and the benchmarks; the selection on the base model, the training
+    # records with their tasks and the task field; each run on the encoded inputs, its recipe, seed and subset.
+    keys = {
+        "base": base_info["key"],
+        "train": records_key(records),
+        "benchmarks": benchmarks_key(benchmarks),
+    }
+    keys["encoded"] = sha256_json({k: keys[k] for k in ("base", "train", "benchmarks")})
+    keys["selection_inputs"] = sha256_json({"base": keys["base"], "train": records_key(records, task=True),
+                                            "task_field": inputs.task_field})
     _, processor = load_base(base_dir)
-    cache_path = out / "cache" / f"encoded-{base_info['key'][:12]}.pt"
+    cache_path = out / "cache" / f"encoded-{keys['encoded'][:12]}.pt"
     if cache_path.is_file():
         encoded = torch.load(cache_path, weights_only=False)
     else:
@@ -339,15 +457,15 @@ def run_bench(out: Path, inputs: Inputs, plan: Plan, base_settings: BaseSettings
         torch.save(encoded, cache_path.with_suffix(".tmp"))
         os.replace(cache_path.with_suffix(".tmp"), cache_path)
 
-    signals, selection_timing = compute_signals(inputs, out, base_dir, base_info["key"], encoded["items"],
-                                                selection, main_threads)
+    signals, selection_timing, selection_dir = compute_signals(inputs, out, base_dir, keys["selection_inputs"],
+                                                               encoded["items"], selection, main_threads)
     started = time.perf_counter()
     jobs = plan_jobs(plan, signals)
     selection_timing["choose_all_subsets"] = _elapsed(started)
     timing["selection"] = selection_timing
     del encoded
 
-    results = run_jobs(jobs, plan, base_info["key"], cache_path, base_dir, out / "runs")
+    results = run_jobs(jobs, plan, keys["encoded"], cache_path, base_dir, out / "runs")
     shares = {f"{job['method']}_{job['budget']:g}_{job['seed']}": task_shares(signals, job["positions"])
               for job in jobs}
     timing["training"] = {
@@ -359,6 +477,7 @@ def run_bench(out: Path, inputs: Inputs, plan: Plan, base_settings: BaseSettings
     names = [b.name for b in benchmarks]
     output = {
         "benchmarks": names,
+        "chance": {b.name: chance_level(b) for b in benchmarks},
         "runs": [
             {"method": r["method"], "budget": r["budget"], "seed": r["seed"], "scores": r["scores"],
              "average": r["average"], "records": r["records"], "steps": r["steps"],
@@ -366,27 +485,33 @@ def run_bench(out: Path, inputs: Inputs, plan: Plan, base_settings: BaseSettings
             for r in results
         ],
         "inputs": {"train": str(inputs.train), "evals": [str(p) for p in inputs.evals],
-                   "align": str(inputs.align) if inputs.align else None, "world": inputs.world},
-        "plan": {"budgets": list(plan.budgets), "seeds": list(plan.seeds), "ablation_budget": plan.ablation_budget,
-                 "ablations": list(plan.ablations), "recipe": asdict(plan.recipe)},
+                   "task_field": inputs.task_field, "align": str(inputs.align) if inputs.align else None,
+                   "world": inputs.world, "eval_seen_in_training": seen},
+        "plan": {"budgets": list(plan.budgets), "seeds": list(range(plan.seeds)),
+                 "ablation_budget": plan.ablation_budget, "ablations": list(plan.ablations),
+                 "recipe": asdict(plan.recipe)},
         "base_model": {k: v for k, v in base_info.items() if k not in ("key", "cached")},
         "selection": asdict(selection),
         "task_values": signals.task_values,
         "task_sizes": signals.task_sizes,
         "task_shares": shares,
+        "caches": {"keys": keys, "encoded": str(cache_path), "selection": str(selection_dir)},
         "timing": timing,
     }
+    output["at_chance"] = chance_summary(output)
     write_json(out / "results.json", output)
     table = summary_table(output)
-    (out / "results.md").write_text(table + "\n\n" + "\n".join(timing_lines(output)) + "\n", encoding="utf-8")
+    notes = chance_lines(output)
+    (out / "results.md").write_text(table + "\n\n" + "".join(line + "\n" for line in notes)
+                                    + "\n".join(timing_lines(output)) + "\n", encoding="utf-8")
     plot = write_plot(output, out / "results.png")
     say("\n" + table)
-    for line in timing_lines(output):
+    for line in notes + timing_lines(output):
         say(line)
     say(f"bench: results in {out / 'results.json'}, table in {out / 'results.md'}"
         + (f", plot in {plot}" if plot else ""))
     return output
 
 
-__all__ = ["Plan", "SelectionSettings", "Inputs", "run_bench", "world_inputs", "plan_jobs",
-           "DEFAULT_SIZES", "QUICK_SIZES", "QUICK_STEPS", "QUICK_BASE"]
+__all__ = ["Plan", "SelectionSettings", "Inputs", "run_bench", "world_inputs", "plan_jobs", "run_jobs", "QUICK",
+           "alignment_sources", "require_all_ok"]

@@ -23,11 +23,12 @@ Design (each choice and its reason; see also `WORLD_DESIGN` below, which is prin
   questions / regions per image), while GQA, A-OKVQA, RefCOCO, TextCaps and the conversations draw a fresh image
   for every record. Difficulty differs: GQA's relational questions over 3-5 shapes and handwritten numbers
   (sklearn's digits, written by people) are hard; colours of one big shape are easy.
-- Benchmarks are held out (fresh images from the same generators, the handwritten digits of other writers)
-  and mirror LLaVA's: VQAv2, GQA, TextVQA, POPE, MMBench (a multiple-choice mix of skills) and RefCOCO
-  (grounding, IoU >= 0.5). Each benchmark draws from the skills of one or more training tasks with its own
-  phrasing, as the real ones do; none is built from a selection method's scores, and every benchmark counts
-  the same in the average. Several tasks (the conversations, ShareGPT, TextCaps) are measured only
+- Benchmarks are held out (fresh images from the same generators, the handwritten digits of other writers;
+  a benchmark record whose image equals a training or alignment image, pixel for pixel, is dropped and counted
+  in world.json's `eval_dropped_as_seen`) and mirror LLaVA's: VQAv2, GQA, TextVQA, POPE, MMBench (a
+  multiple-choice mix of skills) and RefCOCO (grounding, IoU >= 0.5). Each benchmark draws from the skills of
+  one or more training tasks with its own phrasing, as the real ones do; none is built from a selection
+  method's scores, and every benchmark counts the same in the average. Several tasks (the conversations, ShareGPT, TextCaps) are measured only
   indirectly, as in the paper, so a method that spends budget on them pays for it, as it would for real.
 - Nothing in the world looks at gradients, losses or any selection method; the same generator runs whatever
   method is benchmarked, and a user can replace the whole world with their own data.
@@ -39,6 +40,7 @@ determined by the seed and the sizes.
 from __future__ import annotations
 
 import functools
+import hashlib
 import io
 import json
 import os
@@ -51,6 +53,8 @@ from typing import Any
 import numpy as np
 from PIL import Image, ImageDraw, ImageFont
 
+from tive.bench.options import check_fields
+from tive.config import opt
 from tive.demo_data import COLORS, SHAPES, Shape, draw_scene
 from tive.errors import TiveError
 
@@ -706,6 +710,21 @@ def split_sizes(weights: dict[str, float], total: int) -> dict[str, int]:
     return sizes
 
 
+def pixel_digest(image: Image.Image) -> str:
+    """SHA-256 of an image's mode, size and pixels: equal for equal images, whatever the file encoding."""
+    digest = hashlib.sha256(f"{image.mode} {image.size}".encode())
+    digest.update(image.tobytes())
+    return digest.hexdigest()
+
+
+def drop_seen(examples: list[Example], seen: set[str]) -> tuple[list[Example], int]:
+    """The benchmark examples whose image is not one of `seen` (training and alignment images), and how many
+    were dropped: a benchmark is held out by construction, not only by luck of the draw (equal scenes are
+    possible, e.g. one shape at the same place; none occurred at the default and --quick sizes of seeds 0-3)."""
+    kept = [e for e in examples if e.image is None or pixel_digest(e.image) not in seen]
+    return kept, len(examples) - len(kept)
+
+
 def _png(image: Image.Image) -> bytes:
     buffer = io.BytesIO()
     image.save(buffer, format="PNG")
@@ -752,11 +771,19 @@ def _dump(path: Path, records: list[dict[str, Any]]) -> None:
 
 @dataclass(frozen=True)
 class WorldSizes:
-    """How big the world is: training records, alignment records and records per benchmark."""
+    """How big the world is: training records, alignment records and records per benchmark.
 
-    train: int = 6000
-    align: int = 2000
-    eval: int = 150
+    The defaults are the size of a default `tive bench` run (the one source of them; `--quick` and the flags
+    `--records`, `--align-records`, `--eval-records` override them).
+    """
+
+    train: int = opt(4000, "training records of the built-in world", flag="--records", min=100)
+    align: int = opt(1500, "alignment (caption) records of the built-in world", flag="--align-records", min=0)
+    eval: int = opt(100, "records per benchmark of the built-in world (before dropping any whose image is a "
+                    "training or alignment image)", flag="--eval-records", min=1)
+
+    def __post_init__(self) -> None:
+        check_fields(self)
 
 
 def world_config(seed: int, sizes: WorldSizes) -> dict[str, Any]:
@@ -769,12 +796,13 @@ def world_config(seed: int, sizes: WorldSizes) -> dict[str, Any]:
     }
 
 
-def write_world(out_dir: Path | str, seed: int, sizes: WorldSizes = WorldSizes()) -> dict[str, Any]:
+def write_world(out_dir: Path | str, seed: int, sizes: WorldSizes | None = None) -> dict[str, Any]:
     """Write the world (train.json, align.json, eval/*.json, images/); skip if the same world is already there.
 
     Returns world.json's content, which includes the paths a bench run needs.
     """
     out_dir = Path(out_dir)
+    sizes = sizes if sizes is not None else WorldSizes()
     marker = out_dir / "world.json"
     config = world_config(seed, sizes)
     if marker.is_file():
@@ -785,17 +813,23 @@ def write_world(out_dir: Path | str, seed: int, sizes: WorldSizes = WorldSizes()
     image_root = out_dir / "images"
     task_sizes = split_sizes({t.name: t.weight for t in WORLD_TASKS}, sizes.train)
     train: list[dict[str, Any]] = []
+    seen: set[str] = set()  # pixel digests of every training and alignment image
     for task in WORLD_TASKS:
         examples = task.make(world_rng(seed, task.name), task_sizes[task.name])
+        seen |= {pixel_digest(e.image) for e in examples if e.image is not None}
         train += _records(examples, f"train/{task.name}", task.name, image_root, world_rng(seed, task.name + "/placement"))
     order = world_rng(seed, "train/order").permutation(len(train))
     train = [train[int(i)] for i in order]
     _dump(out_dir / "train.json", train)
-    align = _records(align_examples(world_rng(seed, "align"), sizes.align), "align", None, image_root, None)
+    aligned = align_examples(world_rng(seed, "align"), sizes.align)
+    seen |= {pixel_digest(e.image) for e in aligned if e.image is not None}
+    align = _records(aligned, "align", None, image_root, None)
     _dump(out_dir / "align.json", align)
     evals = {}
+    dropped = {}
     for name, make in BENCHMARKS.items():
-        records = _records(make(world_rng(seed, "eval/" + name), sizes.eval), f"eval/{name}", None, image_root, None)
+        examples, dropped[name] = drop_seen(make(world_rng(seed, "eval/" + name), sizes.eval), seen)
+        records = _records(examples, f"eval/{name}", None, image_root, None)
         path = out_dir / "eval" / f"{name}.json"
         _dump(path, records)
         evals[name] = f"eval/{name}.json"
@@ -808,6 +842,7 @@ def write_world(out_dir: Path | str, seed: int, sizes: WorldSizes = WorldSizes()
         "task_field": "dataset",
         "eval": evals,
         "task_sizes": task_sizes,
+        "eval_dropped_as_seen": {name: n for name, n in dropped.items() if n},
     }
     _write(marker, (json.dumps(info, indent=1) + "\n").encode())  # last: the world's completion marker
     return _absolute(out_dir, info)
