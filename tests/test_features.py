@@ -251,3 +251,19 @@ def test_the_gradient_batch_is_honoured_said_and_recorded_per_chunk(small_run: P
     assert "(auto: " in out and "GB available" in out
     meta = json.loads((run / "features" / "meta.json").read_text())
     assert len({chunk["batch_size"] for chunk in meta["chunks"]}) == 1
+
+
+@pytest.mark.parametrize("name", ["sjlt", "dense"])
+def test_streaming_one_matrix_at_a_time_equals_projecting_the_whole_gradient(small_run: Path, name: str):
+    """What the features stage computes (norm and projection built one LoRA matrix at a time, the full gradient
+    never held) equals the norm and projection of the full per-record gradient."""
+    model, processor, named = _trained_reference(small_run)
+    _, encoded = _mixed_batch(small_run, processor)
+    batch = collate(encoded, processor.tokenizer.pad_token_id)
+    full = BatchedGradients(model, named)(batch)
+    projector = make_projector(name, full.shape[1], 128, seed=3)
+    norms, projected = BatchedGradients(model, named).norms_and_projection(batch, projector)
+    assert norms.dtype == torch.float64 and projected.dtype == torch.float32
+    np.testing.assert_allclose(norms.numpy(), full.double().norm(dim=1).numpy(), rtol=1e-6)
+    reference = projector.project(full)
+    assert ((projected - reference).norm(dim=1) / reference.norm(dim=1)).max() <= 1e-6

@@ -4,16 +4,20 @@ Layout (every file is written to a temporary name and moved into place; markers 
 
     prepare.json              what prepare read: input path + SHA-256, format, image root, task options, counts
     manifest.jsonl            one line per input record: index, id, task, status, grad_norm, value, selected
-    base_model/               the built-in model's weights + processor (only for --model tiny)
+    base_model/               the built-in model's weights + processor (only for --model tiny / small)
     warmup/adapter/           the reference model's LoRA adapter (adapter_model.safetensors + adapter_config.json)
     warmup/train_log.jsonl    loss per optimiser step
-    warmup/warmup.json        warm-up settings, warm-up record indices, hashes (the stage's completion marker)
-    features/chunks/          per-chunk projected gradients + norms (resume unit)
+    warmup/checkpoint/        the training state while a warm-up runs (resume), removed when it ends
+    warmup/warmup.json        warm-up settings, records, skipped records, hashes (the stage's completion marker)
+    features/chunks/          per-chunk projected gradients + norms + marker (resume and sharding unit), removed
+                              once merged
     features/features.npy     projected gradients, one row per `ok` manifest record, in manifest order
     features/norms.npy        unprojected gradient L2 norms, same rows
-    features/meta.json        provenance: model, adapter hash, projection, dimensions (completion marker)
-    tasks.json                per task: records, value, budget, selected
-    subset.json|.jsonl        the selected records, unchanged, in the input's format
+    features/meta.json        provenance (`request`), per-chunk record of who computed what (completion marker)
+    estimate.json             `tive estimate`'s projection of the run
+    select.json               the selection's options and what they came to
+    tasks.json                per task: records, ok, skipped, value, budget, selected
+    subset.json|.jsonl|...    the selected records, unchanged, in the input's format
     tive.log                  a log of every stage run in this directory
 """
 
@@ -35,6 +39,7 @@ from tive.io import read_json, read_jsonl, write_jsonl
 PREPARE_FILE = "prepare.json"
 MANIFEST_FILE = "manifest.jsonl"
 TASKS_FILE = "tasks.json"
+SELECT_FILE = "select.json"
 LOG_FILE = "tive.log"
 BASE_MODEL_DIR = "base_model"
 WARMUP_DIR = "warmup"

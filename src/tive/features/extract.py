@@ -149,21 +149,22 @@ def extract_chunks(
         if batch.inputs is not None:
             inputs = {key: value.to(job.device) for key, value in batch.inputs.items()}
             try:
-                if batched is not None:
-                    grads = batched(inputs)
+                if batched is not None:  # one LoRA matrix at a time: the full gradient never exists
+                    norms, projected = batched.norms_and_projection(inputs, job.projector)
                 else:
                     grads = torch.stack([record_gradient(job.model, params, inputs)])
+                    with torch.no_grad():
+                        norms, projected = grads.double().norm(dim=1), job.projector.project(grads.float())
+                    del grads
             except torch.OutOfMemoryError as error:
                 raise TiveError(
                     f"features: out of memory on {job.device} with a gradient batch of {len(batch.members)} "
                     f"records (chunk {chunk}); lower --grad-batch-size (now {batch_size}), or add "
                     f"--gradient-checkpointing, or a smaller --max-length"
                 ) from error
-            with torch.no_grad():
-                rows = [positions[m] for m in batch.members]
-                current["norms"][rows] = grads.double().norm(dim=1).cpu().numpy()
-                current["x"][rows] = job.projector.project(grads.float()).cpu().numpy()
-            del grads
+            rows = [positions[m] for m in batch.members]
+            current["norms"][rows] = norms.cpu().numpy()
+            current["x"][rows] = projected.cpu().numpy()
         bad.done(len(positions))
         progress.update(len(positions))
         if last:

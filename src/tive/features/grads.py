@@ -70,21 +70,21 @@ class BatchedGradients:
 
         output.register_hook(keep)
 
-    def __call__(self, inputs: dict[str, Any]) -> Any:
-        """Per-record gradients of the batch in `inputs`: a (batch, grad_dim) float32 tensor."""
+    def _parts(self, inputs: dict[str, Any]) -> Any:
+        """One forward and one backward pass; then, per LoRA matrix in gradient order, the batch's per-record
+        gradients of that matrix: (batch, its number of weights) float32. The hooks are removed and the captured
+        tensors freed when the iteration ends."""
         import torch
 
         self.handles = [linear.register_forward_hook(self._hook) for linear in self.linears]
         try:
             losses = _forward_losses(self.model, inputs)
             losses.sum().backward(inputs=[linear.weight for linear in self.linears])
-            parts = []
             for linear in self.linears:
-                x = self.inputs[linear].float()
-                g = self.output_grads[linear].float()
+                x = self.inputs.pop(linear).float()
+                g = self.output_grads.pop(linear).float()
                 # Per record: sum over tokens of (output-gradient ⊗ input) = (out, in), like W.
-                parts.append(torch.einsum("bto,bti->boi", g, x).reshape(x.shape[0], -1))
-            return torch.cat(parts, dim=1)
+                yield torch.einsum("bto,bti->boi", g, x).reshape(x.shape[0], -1)
         finally:
             for handle in self.handles:
                 handle.remove()
@@ -92,3 +92,28 @@ class BatchedGradients:
             self.output_grads.clear()
             for linear in self.linears:
                 linear.weight.grad = None
+
+    def __call__(self, inputs: dict[str, Any]) -> Any:
+        """Per-record gradients of the batch in `inputs`: a (batch, grad_dim) float32 tensor."""
+        import torch
+
+        return torch.cat(list(self._parts(inputs)), dim=1)
+
+    def norms_and_projection(self, inputs: dict[str, Any], projector: Any) -> tuple[Any, Any]:
+        """The batch's per-record gradient norms (float64) and projections (float32), one LoRA matrix at a time.
+
+        The whole (batch, grad_dim) gradient never exists: each matrix's slice is projected into the output
+        (`projector.project_slice`) and added to the squared norms, then dropped, so the memory beyond the forward
+        pass is one matrix's gradients — at 7B, 134M numbers a record become 4096 x 128 at a time.
+        """
+        import torch
+
+        squared, out, start = None, None, 0
+        for part in self._parts(inputs):
+            if out is None:
+                squared = torch.zeros(part.shape[0], dtype=torch.float64, device=part.device)
+                out = torch.zeros(part.shape[0], projector.proj_dim, dtype=torch.float64, device=part.device)
+            squared += part.double().square().sum(dim=1)
+            projector.project_slice(part, start, out)
+            start += part.shape[1]
+        return squared.sqrt(), out.float()

@@ -9,6 +9,7 @@ that describes a subset that is not there. `--authors-compat` reproduces the aut
 from __future__ import annotations
 
 from collections import Counter
+from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
@@ -19,7 +20,16 @@ from tive.data.formats import dataset_sha256, write_subset_from_input
 from tive.errors import TiveError
 from tive.io import read_json, write_json
 from tive.report import task_table
-from tive.rundir import PREPARE_FILE, TASKS_FILE, ok_rows, open_run_dir, read_manifest, stage_log, write_manifest
+from tive.rundir import (
+    PREPARE_FILE,
+    SELECT_FILE,
+    TASKS_FILE,
+    ok_rows,
+    open_run_dir,
+    read_manifest,
+    stage_log,
+    write_manifest,
+)
 from tive.stages.common import say
 from tive.stages.score import check_features_current, ok_grad_norms, task_info
 
@@ -95,7 +105,12 @@ def _select(run_dir: Path, options: SelectOptions) -> dict[str, dict[str, Any]]:
         entry["selected"] = chosen[task]
         entry["excluded"] = task in excluded
     write_manifest(run_dir, rows)
-    write_json(run_dir / TASKS_FILE, info)
+    write_json(run_dir / SELECT_FILE, {
+        "options": asdict(options),
+        "effective": {"budget": described, "records": int(counts.sum()), "choose": choose, "temperature": temperature,
+                      "oversample": oversample, "excluded": sorted(excluded), "seed": options.seed},
+    })
+    write_json(run_dir / TASKS_FILE, info)  # last: select's completion marker
     say(task_table(info))
     say(
         f"select: {int(counts.sum())} records (budget {described}; choose={choose}"
