@@ -25,7 +25,7 @@ def small_options(data: Path) -> tuple[PrepareOptions, WarmupOptions, FeaturesOp
         PrepareOptions(images=str(data.parent / "images"), task_field="dataset"),
         WarmupOptions(model="tiny", seed=1, epochs=2),
         FeaturesOptions(proj_dim=SMALL_PROJ_DIM, chunk_size=32),
-        SelectOptions(budget="0.2", seed=5),
+        SelectOptions(budget="0.2", select_seed=5),
     )
 
 

@@ -61,7 +61,7 @@ def authors_script(tasks: list[str], norms: np.ndarray, features: np.ndarray, p:
 
 def test_authors_compat_reproduces_the_released_script(byo_run: Path):
     assert main(["score", str(byo_run)]) == 0
-    assert main(["select", str(byo_run), "--budget", "0.15", "--authors-compat", "--seed", "3"]) == 0
+    assert main(["select", str(byo_run), "--budget", "0.15", "--authors-compat", "--select-seed", "3"]) == 0
     rows = [json.loads(line) for line in (byo_run / "manifest.jsonl").read_text().splitlines()]
     tasks = [row["task"] for row in rows]
     norms = np.load(byo_run / "features" / "norms.npy")

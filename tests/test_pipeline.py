@@ -27,7 +27,8 @@ def manifest(run: Path) -> list[dict]:
 def test_run_directory_holds_exactly_the_documented_files(small_run: Path):
     top = {p.name for p in small_run.iterdir()}
     assert top == {
-        "prepare.json", "manifest.jsonl", "base_model", "warmup", "features", "tasks.json", "select.json", "subset.json", "tive.log"
+        "prepare.json", "manifest.jsonl", "base_model", "warmup", "features", "tasks.json", "select.json", "subset.json", "tive.log",
+        "config.yaml",
     }
     assert {p.name for p in (small_run / "warmup").iterdir()} == {"adapter", "train_log.jsonl", "warmup.json"}
     assert {p.name for p in (small_run / "warmup" / "adapter").iterdir()} >= {
@@ -144,7 +145,7 @@ def test_select_is_seeded_and_rerun_of_run_all_skips_finished_stages(small_run: 
     run_all(small_data, run, *small_options(small_data))  # same settings: skips prepare/warmup/features
     assert (run / "warmup" / "warmup.json").read_bytes() == warm_before
     assert (run / "subset.json").read_bytes() == first
-    run_select(run, SelectOptions(budget="0.2", seed=6))
+    run_select(run, SelectOptions(budget="0.2", select_seed=6))
     assert (run / "subset.json").read_bytes() != first
     prepare, warmup, features, select = small_options(small_data)
     warmup.seed = 6

@@ -132,7 +132,7 @@ def test_select_writes_the_subset_before_the_manifest_and_tasks(run: Path, monke
 
     monkeypatch.setattr(tive.stages.select, "write_subset_from_input", crash)
     with pytest.raises(OSError):
-        run_select(run, SelectOptions(budget="0.5", seed=9))
+        run_select(run, SelectOptions(budget="0.5", select_seed=9))
     assert {name: (run / name).read_bytes() for name in before} == before
 
 
@@ -183,4 +183,8 @@ def test_select_seed_help_says_what_it_seeds(capsys):
     with pytest.raises(SystemExit):
         main(["select", "--help"])
     text = " ".join(capsys.readouterr().out.split())
-    assert "--seed SEED seed of the selection's random choices" in text and "warm-up" not in text.split("--seed")[1][:80]
+    assert "--select-seed SELECT_SEED seed of the selection's random choices" in text
+    with pytest.raises(SystemExit):
+        main(["run", "--help"])
+    text = " ".join(capsys.readouterr().out.split())
+    assert "--seed SEED seed of the warm-up sample" in text and "--select-seed SELECT_SEED" in text

@@ -30,6 +30,8 @@ from tive.errors import TiveError
 STAGES = (PrepareOptions, WarmupOptions, FeaturesOptions, SelectOptions)
 
 _DATA_HELP = "the dataset: JSON / JSONL file, Parquet file or `datasets` save_to_disk directory"
+_CONFIG = (("--config",), {"metavar": "FILE", "help": "a YAML file of options, one section per stage (prepare, warmup, "
+                           "features, select; RUN/config.yaml is one): the command line wins"})
 _RUN_DIR_HELP = "run directory made by `tive prepare`"
 
 
@@ -66,7 +68,10 @@ def _select(args: argparse.Namespace) -> Any:
 def _run(args: argparse.Namespace) -> Any:
     from tive.stages import run_all
 
-    return run_all(args.data, args.out, *(options_from_args(cls, args) for cls in STAGES))
+    data = args.data or (args.config_file or {}).get("data")
+    if not data:
+        raise TiveError("tive run: give the dataset (DATA), or a --config file with `data:`")
+    return run_all(data, args.out, *(options_from_args(cls, args) for cls in STAGES))
 
 
 def _estimate(args: argparse.Namespace) -> Any:
@@ -115,7 +120,8 @@ def _bench_parser(subparsers: Any) -> argparse.ArgumentParser:
 
 COMMANDS: tuple[Command, ...] = (
     Command("run", "run every stage: prepare, warmup, features, score, select", _run,
-            (_positional("data", _DATA_HELP), _OUT_NEW), STAGES),
+            ((("data",), {"nargs": "?", "help": _DATA_HELP + " (or `data:` of --config)"}), _OUT_NEW, _CONFIG),
+            STAGES),
     Command("demo", "build the offline demo dataset and run the whole pipeline on it", _demo, (
         (("--out",), {"default": "tive-demo", "help": "folder for the demo data and run (default: tive-demo)"}),
         (("--records",), {"type": int, "default": 1200, "help": "demo dataset size (default: 1200)"}),
@@ -124,26 +130,33 @@ COMMANDS: tuple[Command, ...] = (
     )),
     Command("bench", "", _bench, build=_bench_parser),
     Command("prepare", "read, validate and group the input into tasks", _prepare,
-            (_positional("data", _DATA_HELP), _OUT_NEW), (PrepareOptions,)),
+            (_positional("data", _DATA_HELP), _OUT_NEW, _CONFIG), (PrepareOptions,)),
     Command("warmup", "LoRA warm-up of the base model: the reference model", _warmup,
-            (_positional("run_dir", _RUN_DIR_HELP),), (WarmupOptions,)),
+            (_positional("run_dir", _RUN_DIR_HELP), _CONFIG), (WarmupOptions,)),
     Command("features", "per-record projected LoRA gradients and their norms", _features,
-            (_positional("run_dir", _RUN_DIR_HELP),), (FeaturesOptions,)),
+            (_positional("run_dir", _RUN_DIR_HELP), _CONFIG), (FeaturesOptions,)),
     Command("score", "task values and instance values", _score, (_positional("run_dir", _RUN_DIR_HELP),)),
     Command("select", "budgeted selection; writes the subset, manifest and tasks.json", _select,
-            (_positional("run_dir", _RUN_DIR_HELP),), (SelectOptions,)),
+            (_positional("run_dir", _RUN_DIR_HELP), _CONFIG), (SelectOptions,)),
     Command("estimate", "time a few warm-up steps and feature batches; project the run's time, disk and memory",
-            _estimate, (_positional("run_dir", _RUN_DIR_HELP),), (EstimateOptions, WarmupOptions, FeaturesOptions)),
+            _estimate, (_positional("run_dir", _RUN_DIR_HELP), _CONFIG),
+            (EstimateOptions, WarmupOptions, FeaturesOptions)),
 )
 
 
 def build_parser() -> argparse.ArgumentParser:
+    return _build_parser()[0]
+
+
+def _build_parser() -> tuple[argparse.ArgumentParser, dict[str, tuple[argparse.ArgumentParser, Command]]]:
+    """The parser, and each subcommand's parser with its declaration."""
     parser = argparse.ArgumentParser(
         prog="tive",
         description="Select the high-value part of a visual instruction tuning dataset (TIVE, arXiv 2403.09559).",
     )
     parser.add_argument("--version", action="version", version=f"tive {__version__}")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    commands = {}
     for command in COMMANDS:
         if command.build is not None:
             stage = command.build(sub)
@@ -153,14 +166,35 @@ def build_parser() -> argparse.ArgumentParser:
                 stage.add_argument(*flags, **kwargs)
             for cls in command.options:
                 add_options(stage, cls)
-        stage.set_defaults(func=command.handler)
-    return parser
+        stage.set_defaults(func=command.handler, config_file=None, config_values={})
+        commands[command.name] = (stage, command)
+    return parser, commands
+
+
+def _parse(argv: list[str] | None) -> argparse.Namespace:
+    """Parse the command line; with --config, the file's values become the defaults the command line overrides."""
+    from tive.config import config_values, load_config, version_warnings
+
+    parser, commands = _build_parser()
+    args = parser.parse_args(argv)
+    if getattr(args, "config", None):
+        config = load_config(args.config)
+        stage, command = commands[args.command]
+        values = config_values(config, command.options, args.config)
+        # Repeatable options keep a None default (see options_from_args); the others take the file's value.
+        appended = {action.dest for action in stage._actions if isinstance(action, argparse._AppendAction)}
+        stage.set_defaults(**{k: v for k, v in values.items() if k not in appended},
+                           config_file=config, config_values=values)
+        args = parser.parse_args(argv)
+        for warning in version_warnings(config):
+            print(f"tive: warning: {warning}", file=sys.stderr)
+    return args
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
     logging.getLogger("tive").setLevel(logging.INFO)
     try:
+        args = _parse(argv)
         args.func(args)
     except TiveError as exc:
         print(f"tive: error: {exc}", file=sys.stderr)

@@ -10,7 +10,10 @@ from __future__ import annotations
 import argparse
 import dataclasses
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any, get_type_hints
+
+from tive.features.projection import DEFAULT_PROJECTOR, projector_names
 
 
 def opt(default: Any, help: str, **extra: Any) -> Any:
@@ -91,7 +94,7 @@ class WarmupOptions:
     )
     checkpoint_steps: int = opt(100, "save the warm-up's training state every this many steps, to resume (0: never)")
     seed: int = opt(
-        0, "seed of the warm-up sample, LoRA initialisation, data order and dropout (in `tive run`: the selection too)"
+        0, "seed of the warm-up sample, LoRA initialisation, data order and dropout"
     )
     device: str = opt("auto", "torch device: auto (cuda if available, else cpu), cpu, cuda, cuda:1, ...")
     dtype: str = opt(
@@ -126,7 +129,8 @@ class FeaturesOptions:
 
     proj_dim: int = opt(8192, "projected feature dimension (capped at the gradient size)")
     projector: str = opt(
-        "sjlt", "random projection: sjlt (sparse JL, fast) or dense (Rademacher, as TRAK/LESS)", choices=["sjlt", "dense"]
+        DEFAULT_PROJECTOR, "random projection: sjlt (sparse JL, fast at any size) or dense (Rademacher, as "
+        "TRAK/LESS: for small gradients only)", choices=list(projector_names()),
     )
     proj_seed: int = opt(0, "seed of the random projection")
     grad_mode: str = opt(
@@ -172,7 +176,7 @@ class SelectOptions:
     """The budgeted selection."""
 
     budget: str = opt("0.15", "subset size: a fraction of the eligible records (0.15 or 15%%) or a count (1500)")
-    seed: int = opt(0, "seed of the selection's random choices (instance sampling)")
+    select_seed: int = opt(0, "seed of the selection's random choices (instance sampling)")
     choose: str = opt("sample", "instance choice within a task", choices=["sample", "top"])
     temperature: float = opt(
         0.1, "sampling temperature on instance values (probability ~ exp(value / T)); the authors' q=0.001 is T=1000"
@@ -229,13 +233,18 @@ def add_options(parser: argparse.ArgumentParser, cls: type, title: str | None = 
 
 
 def options_from_args(cls: type, args: argparse.Namespace) -> Any:
-    """Build a `cls` instance from parsed arguments (fields missing from `args` keep their defaults)."""
+    """Build a `cls` instance from parsed arguments (fields missing from `args` keep their defaults).
+
+    A repeatable option not given on the command line takes the configuration file's value (`args.config_values`),
+    so that flags given replace the file's list rather than adding to it.
+    """
+    configured = getattr(args, "config_values", {}) or {}
     values = {}
     for f in dataclasses.fields(cls):
         if hasattr(args, f.name):
             value = getattr(args, f.name)
             if value is None and f.metadata.get("action") == "append":
-                value = []
+                value = list(configured.get(f.name, []))
             values[f.name] = value
     return cls(**values)
 
@@ -245,3 +254,157 @@ def _scalar_type(hint: Any) -> type:
         if hint is candidate or candidate in getattr(hint, "__args__", ()):
             return candidate
     return str
+
+
+# ------------------------------------------------------------------------------------------------ config files
+# The sections of a configuration file, named after the stages whose options they hold.
+SECTIONS: dict[str, type] = {
+    "prepare": PrepareOptions,
+    "warmup": WarmupOptions,
+    "features": FeaturesOptions,
+    "select": SelectOptions,
+    "estimate": EstimateOptions,
+}
+CONFIG_FILE = "config.yaml"
+VERSIONED_PACKAGES = ("tive", "torch", "transformers", "peft", "accelerate", "numpy")
+
+
+def package_versions() -> dict[str, str | None]:
+    """The installed versions of the packages a run's numbers depend on (read from metadata, nothing imported)."""
+    from importlib.metadata import PackageNotFoundError, version
+
+    versions: dict[str, str | None] = {}
+    for name in VERSIONED_PACKAGES:
+        try:
+            versions[name] = version(name)
+        except PackageNotFoundError:
+            versions[name] = None
+    return versions
+
+
+def load_config(path: str | Path) -> dict[str, Any]:
+    """Read a configuration file: `data` (the input, for `tive run`), and one section per stage (`prepare`,
+    `warmup`, `features`, `select`, `estimate`) mapping option names (as in `tive COMMAND --help`, with `_` or `-`)
+    to values. `versions` (written into RUN/config.yaml) is informational.
+
+    Raises:
+        TiveError: the file is missing or not YAML, or names a section or option tive does not have.
+    """
+    import yaml
+
+    from tive.errors import TiveError
+
+    path = Path(path)
+    try:
+        content = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
+    except FileNotFoundError:
+        raise TiveError(f"--config {path}: no such file") from None
+    except yaml.YAMLError as exc:
+        raise TiveError(f"--config {path}: not valid YAML: {exc}") from None
+    if not isinstance(content, dict):
+        raise TiveError(f"--config {path}: the top level must be a mapping of sections (prepare, warmup, ...)")
+    out: dict[str, Any] = {}
+    for key, value in content.items():
+        if key in ("data", "versions"):
+            out[key] = value
+            continue
+        if key not in SECTIONS:
+            raise TiveError(f"--config {path}: unknown section {key!r}; sections are data, "
+                            f"{', '.join(SECTIONS)} (and versions)")
+        if not isinstance(value, dict):
+            raise TiveError(f"--config {path}: section {key!r} must be a mapping of options to values")
+        names = {f.name for f in dataclasses.fields(SECTIONS[key])}
+        hints = get_type_hints(SECTIONS[key])
+        section = {}
+        for option, setting in value.items():
+            name = str(option).replace("-", "_")
+            if name not in names:
+                raise TiveError(f"--config {path}: section {key!r} has no option {option!r}; its options are "
+                                f"{', '.join(sorted(names))}")
+            if not _fits(setting, hints[name]):
+                raise TiveError(f"--config {path}: {key}.{name} is {setting!r}, not a {_type_label(hints[name])}")
+            section[name] = setting
+        out[key] = section
+    return out
+
+
+def _members(hint: Any) -> tuple[Any, ...]:
+    """The types a hint allows: the members of a union (`int | None`), else the hint itself."""
+    import types
+    import typing
+
+    return typing.get_args(hint) if typing.get_origin(hint) in (typing.Union, types.UnionType) else (hint,)
+
+
+def _fits(value: Any, hint: Any) -> bool:
+    """Whether a YAML value fits an option's type (an int where a float is expected does)."""
+    import typing
+
+    for kind in _members(hint):
+        kind = typing.get_origin(kind) or kind
+        if value is None and kind is type(None):
+            return True
+        if kind is float and isinstance(value, (int, float)) and not isinstance(value, bool):
+            return True
+        if kind is int and isinstance(value, int) and not isinstance(value, bool):
+            return True
+        if kind in (str, bool) and isinstance(value, kind):
+            return True
+        if kind is list and isinstance(value, list) and all(isinstance(item, str) for item in value):
+            return True
+    return False
+
+
+def _type_label(hint: Any) -> str:
+    import typing
+
+    names = [getattr(typing.get_origin(k) or k, "__name__", str(k)) for k in _members(hint)]
+    return " or ".join("null" if name == "NoneType" else name for name in names)
+
+
+def config_values(config: dict[str, Any], classes: tuple[type, ...], path: str | Path) -> dict[str, Any]:
+    """The option values (dest → value) a configuration gives the flags of `classes`.
+
+    A flag several stages share in one command (e.g. `--seed` of the warm-up and the selection in `tive run`) gets
+    one value: sections that set it differently are refused.
+    """
+    from tive.errors import TiveError
+
+    values: dict[str, Any] = {}
+    origin: dict[str, str] = {}
+    for section, cls in SECTIONS.items():
+        if cls not in classes or section not in config:
+            continue
+        for name, value in config[section].items():
+            if name in values and values[name] != value:
+                raise TiveError(f"--config {path}: {origin[name]}.{name} = {values[name]!r} and {section}.{name} = "
+                                f"{value!r}, but this command takes one --{name.replace('_', '-')} for both")
+            values[name], origin[name] = value, section
+    return values
+
+
+def write_run_config(run_dir: Path, data: str | None = None, **options: Any) -> None:
+    """Merge the given stages' resolved options (section → dataclass instance) into RUN/config.yaml, with the
+    package versions: `tive run --config RUN/config.yaml --out NEW` reruns them."""
+    import yaml
+
+    from tive.io import write_text
+
+    path = Path(run_dir) / CONFIG_FILE
+    current = yaml.safe_load(path.read_text(encoding="utf-8")) if path.is_file() else {}
+    current = current or {}
+    if data is not None:
+        current["data"] = str(data)
+    for section, instance in options.items():
+        current[section] = dataclasses.asdict(instance)
+    current["versions"] = package_versions()
+    ordered = {key: current[key] for key in ("data", *SECTIONS, "versions") if key in current}
+    write_text(path, yaml.safe_dump(ordered, sort_keys=False))
+
+
+def version_warnings(config: dict[str, Any]) -> list[str]:
+    """One line per package whose version differs from the one the configuration recorded."""
+    recorded = config.get("versions") or {}
+    now = package_versions()
+    return [f"{name} {recorded[name]} made this configuration, {now.get(name)} is installed: results may differ"
+            for name in recorded if name in now and recorded[name] != now.get(name)]

@@ -23,7 +23,7 @@ def run_demo(out: Path, records: int = 1200, budget: str = "0.15", seed: int = 0
         PrepareOptions(images=str(data_dir / "images"), task_field="dataset"),
         WarmupOptions(model="tiny", seed=seed),
         FeaturesOptions(),
-        SelectOptions(budget=budget, seed=seed),
+        SelectOptions(budget=budget, select_seed=seed),
     )
     subset = next(run_dir.glob("subset.json*"))
     say(

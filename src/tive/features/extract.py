@@ -99,6 +99,34 @@ def choose_batch_size(requested: int | None, job: Extraction, records: Sequence[
     return batch, f"batch {batch} (auto: {available / 2**30:.1f} GB available, ~{per_record / 2**20:.0f} MB a record)"
 
 
+def check_dense_cost(job: Extraction, records: Sequence[Record], limit: float = 2.0) -> None:
+    """Refuse the dense projection when projecting a batch would take more than `limit` times its backward pass.
+
+    Both are measured here: one batch's forward and backward pass (the first of `records`), and the projector's
+    own estimate of one call on that batch (it times a slice and scales it to the whole gradient).
+    """
+    from tive.features.grads import BatchedGradients
+    from tive.model.data import encode_batch
+
+    probe = encode_batch(job.encoder, list(records))
+    if probe.inputs is None:
+        return
+    inputs = {key: value.to(job.device) for key, value in probe.inputs.items()}
+    started = time.perf_counter()
+    for _ in BatchedGradients(job.model, job.named_params)._parts(inputs):
+        pass
+    backward = time.perf_counter() - started
+    projecting = job.projector.estimate_seconds(len(probe.members))
+    if projecting > limit * backward:
+        raise TiveError(
+            f"--projector dense: projecting a batch of {len(probe.members)} would take ~{projecting:.3g} s, the "
+            f"forward and backward pass ~{backward:.3g} s: dense would cost {projecting / backward:.0f}x the "
+            f"gradients themselves ({job.projector.grad_dim:,} numbers x {job.projector.proj_dim} dims of random "
+            "signs per call). Use --projector sjlt (the same inner products in expectation, at a few additions per "
+            "number), or a smaller --proj-dim"
+        )
+
+
 def plan_batches(chunks: Sequence[tuple[int, Sequence[Record]]], batch_size: int) -> list[tuple[Any, list[Record]]]:
     """Per chunk, its records in length order cut into batches; key = (chunk, positions in the chunk, last?)."""
     from tive.model.data import length_order

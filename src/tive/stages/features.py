@@ -9,13 +9,14 @@ store (`tive.features.store`); the store is completed by whoever finds every chu
 from __future__ import annotations
 
 import time
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
 from tive.badrecords import BadRecords, check_policy
-from tive.config import FeaturesOptions
+from tive.config import FeaturesOptions, write_run_config
 from tive.errors import TiveError
 from tive.features.store import FEATURE_DTYPES, NORMS_FILE, FeatureStore
 from tive.io import read_json, sha256_file, sha256_json
@@ -62,6 +63,7 @@ def read_warmup(run_dir: Path) -> dict[str, Any]:
 def feature_request(run_dir: Path, warm: dict[str, Any], options: FeaturesOptions,
                     candidates: list[dict[str, Any]]) -> dict[str, Any]:
     """Everything that decides the features and is known before the model is loaded (the store's provenance)."""
+    from tive.features.projection import projector_version
     from tive.model.encode import ENCODING_VERSION
     from tive.model.loading import model_fingerprint
 
@@ -74,7 +76,8 @@ def feature_request(run_dir: Path, warm: dict[str, Any], options: FeaturesOption
         "model_fingerprint": fingerprint,
         "adapter_sha256": sha256_file(run_dir / WARMUP_DIR / ADAPTER_DIR / ADAPTER_WEIGHTS),
         "encoding_version": ENCODING_VERSION,
-        "projector": {"type": options.projector, "seed": options.proj_seed, "dim": options.proj_dim},
+        "projector": {"type": options.projector, "version": projector_version(options.projector),
+                      "seed": options.proj_seed, "dim": options.proj_dim},
         "grad_mode": options.grad_mode,
         "candidates": len(candidates),
         "candidates_sha256": sha256_json([row["index"] for row in candidates]),
@@ -88,15 +91,15 @@ def feature_request(run_dir: Path, warm: dict[str, Any], options: FeaturesOption
 
 def _check_options(options: FeaturesOptions) -> None:
     from tive.features.grads import GRAD_MODES
-    from tive.features.projection import PROJECTORS
+    from tive.features.projection import projector_names
 
     for name in ("proj_dim", "chunk_size", "grad_batch_size"):
         if getattr(options, name) is not None and getattr(options, name) < 1:
             raise TiveError(f"--{name.replace('_', '-')} {getattr(options, name)}: must be at least 1")
     if options.grad_mode not in GRAD_MODES:
         raise TiveError(f"--grad-mode {options.grad_mode}: choose one of {', '.join(GRAD_MODES)}")
-    if options.projector not in PROJECTORS:
-        raise TiveError(f"--projector {options.projector}: choose one of {', '.join(PROJECTORS)}")
+    if options.projector not in projector_names():
+        raise TiveError(f"--projector {options.projector}: choose one of {', '.join(projector_names())}")
     if options.feature_dtype not in FEATURE_DTYPES:
         raise TiveError(f"--feature-dtype {options.feature_dtype}: choose one of {', '.join(FEATURE_DTYPES)}")
     check_encoding_options(options.dtype, options.max_length)
@@ -112,7 +115,10 @@ def run_features(run_dir: Path | str, options: FeaturesOptions) -> dict[str, Any
     launch = detect_launch(options.shard)
     run_dir = open_run_dir(run_dir)
     with stage_log(run_dir):
-        return _features(run_dir, options, launch)
+        meta = _features(run_dir, options, launch)
+    if launch.rank == 0:
+        write_run_config(run_dir, features=replace(options, shard=None))
+    return meta
 
 
 def _features(run_dir: Path, options: FeaturesOptions, launch: Launch) -> dict[str, Any]:
@@ -139,7 +145,7 @@ def _features(run_dir: Path, options: FeaturesOptions, launch: Launch) -> dict[s
 def _compute(run_dir: Path, options: FeaturesOptions, launch: Launch, warm: dict[str, Any], store: FeatureStore,
              chunk_rows: list[list[dict[str, Any]]], mine: list[int], n_candidates: int) -> None:
     """Load the reference model and compute this process's chunks."""
-    from tive.features.extract import Extraction, choose_batch_size, extract_chunks
+    from tive.features.extract import Extraction, check_dense_cost, choose_batch_size, extract_chunks
     from tive.features.projection import make_projector
     from tive.model.encode import Encoder
     from tive.model.loading import (
@@ -172,6 +178,8 @@ def _compute(run_dir: Path, options: FeaturesOptions, launch: Launch, warm: dict
     job = Extraction(model, named_params, encoder, projector, options.grad_mode, 1, device,
                      options.feature_dtype, launch.describe())
     job.batch_size, batch_reason = choose_batch_size(options.grad_batch_size, job, chunks[0][1][:256])
+    if options.projector == "dense":
+        check_dense_cost(job, chunks[0][1][: job.batch_size])
     say(
         f"features: {n_records} of {n_candidates} records ({len(mine)} chunks) on {launch.describe()}, gradient of "
         f"{grad_dim:,} LoRA numbers -> {projector.proj_dim} dims ({options.projector}), {options.grad_mode} "

@@ -8,7 +8,7 @@ from pathlib import Path
 from typing import Any
 
 from tive.badrecords import check_policy
-from tive.config import PrepareOptions
+from tive.config import PrepareOptions, write_run_config
 from tive.data import assign_tasks, check_images, load_dataset
 from tive.data.formats import dataset_sha256
 from tive.errors import TiveError
@@ -36,7 +36,9 @@ def run_prepare(data: Path | str, run_dir: Path | str, options: PrepareOptions) 
     check_run_dir_apart(data, Path(run_dir))
     run_dir = open_run_dir(run_dir, create=True)
     with stage_log(run_dir):
-        return _prepare(data, run_dir, options)
+        info = _prepare(data, run_dir, options)
+    write_run_config(run_dir, data=str(data), prepare=options)
+    return info
 
 
 def _prepare(data: Path, run_dir: Path, options: PrepareOptions) -> dict[str, Any]:

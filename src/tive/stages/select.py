@@ -15,7 +15,7 @@ from typing import Any
 
 import numpy as np
 
-from tive.config import SelectOptions
+from tive.config import SelectOptions, write_run_config
 from tive.data.formats import dataset_sha256, write_subset_from_input
 from tive.errors import TiveError
 from tive.io import read_json, write_json
@@ -38,7 +38,9 @@ def run_select(run_dir: Path | str, options: SelectOptions) -> dict[str, dict[st
     """Split the budget over tasks by value, choose records within each task, write the subset and reports."""
     run_dir = open_run_dir(run_dir)
     with stage_log(run_dir):
-        return _select(run_dir, options)
+        info = _select(run_dir, options)
+    write_run_config(run_dir, select=options)
+    return info
 
 
 def _select(run_dir: Path, options: SelectOptions) -> dict[str, dict[str, Any]]:
@@ -87,7 +89,7 @@ def _select(run_dir: Path, options: SelectOptions) -> dict[str, dict[str, Any]]:
         total = budget_count(budget, eligible)
         described = f"{budget:g} x {eligible} eligible records" if isinstance(budget, float) else "a count"
     counts, budgets = select_records(
-        tasks, values, t_values, total, method=choose, temperature=temperature, seed=options.seed,
+        tasks, values, t_values, total, method=choose, temperature=temperature, seed=options.select_seed,
         oversample=oversample, exclude_tasks=sorted(excluded), budgets=budgets,
     )
     selected = [0] * len(rows)
@@ -108,7 +110,7 @@ def _select(run_dir: Path, options: SelectOptions) -> dict[str, dict[str, Any]]:
     write_json(run_dir / SELECT_FILE, {
         "options": asdict(options),
         "effective": {"budget": described, "records": int(counts.sum()), "choose": choose, "temperature": temperature,
-                      "oversample": oversample, "excluded": sorted(excluded), "seed": options.seed},
+                      "oversample": oversample, "excluded": sorted(excluded), "seed": options.select_seed},
     })
     write_json(run_dir / TASKS_FILE, info)  # last: select's completion marker
     say(task_table(info))
@@ -117,7 +119,7 @@ def _select(run_dir: Path, options: SelectOptions) -> dict[str, dict[str, Any]]:
         + (f", temperature={temperature:g}" if choose == "sample" else "")
         + (", oversampling" if oversample else "")
         + (f", excluded: {', '.join(sorted(excluded))}" if excluded else "")
-        + f", seed={options.seed}"
+        + f", seed={options.select_seed}"
         + (", --authors-compat" if options.authors_compat else "") + ")"
         + (f" -> {subset_path}" if subset_path else "; no prepare.json here, so no subset file was written")
     )

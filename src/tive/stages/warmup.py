@@ -8,7 +8,7 @@ from pathlib import Path
 from typing import Any
 
 from tive.badrecords import BadRecords, check_policy
-from tive.config import WarmupOptions
+from tive.config import WarmupOptions, write_run_config
 from tive.errors import TiveError
 from tive.io import read_json, sha256_file, sha256_json, write_json
 from tive.rundir import (
@@ -177,7 +177,7 @@ def _warmup(run_dir: Path, options: WarmupOptions, settings: dict[str, Any]) -> 
                                if settings.get(k) != old["settings"].get(k))
             raise TiveError(
                 f"{marker}: a warm-up with other settings ({', '.join(differing) or 'records'}) exists; pass --force "
-                f"to redo it (to change only the selection, e.g. its seed, run `tive select {run_dir} ...`)"
+                f"to redo it (to change only the selection, e.g. --select-seed, run `tive select {run_dir} ...`)"
             )
     accelerator = make_accelerator(options.device)
     main = accelerator.is_main_process
@@ -206,6 +206,7 @@ def _warmup(run_dir: Path, options: WarmupOptions, settings: dict[str, Any]) -> 
     }
     if main:
         write_json(marker, result)  # last: the stage's completion marker
+        write_run_config(run_dir, warmup=options)
     accelerator.wait_for_everyone()
     return result
 
