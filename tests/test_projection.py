@@ -243,9 +243,9 @@ def test_describe_records_type_version_seed_and_parameters():
         description = projector.describe()
         assert description["type"] == name and description["version"] == projector.version >= 2
         assert (description["seed"], description["dim"], description["grad_dim"]) == (6, 300, 5000)
-    sjlt = SparseJLProjector(5000, 300, seed=6, nonzeros=2).describe()
-    assert sjlt["nonzeros"] == 2 and "hash" in sjlt
-    assert SparseJLProjector(5000, 300, seed=6).describe() != sjlt
+    sjlt = SparseJLProjector(5000, 300, seed=6, nonzeros=4).describe()
+    assert sjlt["nonzeros"] == 4 and "hash" in sjlt
+    assert SparseJLProjector(5000, 300, seed=6).describe() != sjlt  # the default is 2
     assert DenseProjector(5000, 300, seed=6).describe()["tile"] == 1 << 16
     assert make_projector("dense", 100, 300, seed=0).describe()["dim"] == 100  # capped at the gradient size
 
@@ -304,8 +304,8 @@ def test_costs_count_the_work_and_estimates_are_measured():
     assert streamed.cost(4)["random_bits"] == 1024 * 200000 and streamed.cost(4)["multiply_adds"] == 4 * 1024 * 200000
     assert DenseProjector(1000, 64, seed=0).cost()["random_bits"] == 0  # cached: drawn once
     sjlt = SparseJLProjector(200000, 1024, seed=0)
-    assert sjlt.cost(4) == {"scatter_adds": 4 * 4 * 200000.0, "hashes": 0.0, "random_bits": 0.0, "multiply_adds": 0.0}
-    assert SparseJLProjector(200000, 1024, seed=0, cache_bytes=0).cost()["hashes"] == 4 * 200000
+    assert sjlt.cost(4) == {"scatter_adds": 4 * 2 * 200000.0, "hashes": 0.0, "random_bits": 0.0, "multiply_adds": 0.0}
+    assert SparseJLProjector(200000, 1024, seed=0, cache_bytes=0).cost()["hashes"] == 2 * 200000
     dense_s, sjlt_s = streamed.estimate_seconds(2), sjlt.estimate_seconds(2)
     assert 0 < sjlt_s < dense_s
 

@@ -37,18 +37,18 @@ class Progress:
         total: the amount of work in all.
         unit: its unit ("rec", "step").
         initial: work already done before this process started (a resumed run).
-        interval: seconds between lines when the output is not a terminal.
+        interval: seconds between lines when the output is not a terminal (None: `DEFAULT_INTERVAL`).
         enabled: False on ranks other than 0 (one progress display per launch).
     """
 
     def __init__(self, desc: str, total: int, unit: str, initial: int = 0,
-                 interval: float = DEFAULT_INTERVAL, enabled: bool = True, stream: Any = None) -> None:
+                 interval: float | None = None, enabled: bool = True, stream: Any = None) -> None:
         self.desc = desc
         self.total = total
         self.unit = unit
         self.done = initial
         self.initial = initial
-        self.interval = interval
+        self.interval = DEFAULT_INTERVAL if interval is None else interval
         self.enabled = enabled
         self.stream = stream if stream is not None else sys.stderr
         self.started = time.perf_counter()

@@ -250,9 +250,12 @@ def test_many_bad_images_stop_the_check_even_when_skipping(tmp_path: Path, root:
 def test_progress_bar_for_many_images(
     tmp_path: Path, root: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
 ) -> None:
+    import tive.progress
+
     monkeypatch.setattr(images_module, "_PROGRESS_THRESHOLD", 1)
+    monkeypatch.setattr(tive.progress, "DEFAULT_INTERVAL", 0.0)  # a line per image when not on a terminal
     check_images(load(tmp_path, [llava("a.png"), llava("sub/b.png")]), root)
-    assert "checking images" in capsys.readouterr().err
+    assert "checking images: 2/2 img" in capsys.readouterr().err
 
     monkeypatch.setattr(images_module, "_PROGRESS_THRESHOLD", 2000)
     check_images(load(tmp_path, [llava("a.png"), llava("sub/b.png")]), root)

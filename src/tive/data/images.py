@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import io
 import os
-import sys
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import closing
 from dataclasses import dataclass
@@ -288,9 +287,9 @@ def _check_files(paths: list[Any]) -> Generator[tuple[Any, tuple[str, str] | Non
     """
     progress = None
     if len(paths) > _PROGRESS_THRESHOLD:
-        from tqdm import tqdm
+        from tive.progress import Progress
 
-        progress = tqdm(total=len(paths), desc="checking images", unit="img", file=sys.stderr)
+        progress = Progress("checking images", len(paths), "img")
     workers = min(16, (os.cpu_count() or 1) * 2)
     window = 64 * workers
     try:
