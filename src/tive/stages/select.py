@@ -40,6 +40,7 @@ def run_select(run_dir: Path | str, options: SelectOptions) -> dict[str, dict[st
     with stage_log(run_dir):
         info = _select(run_dir, options)
     write_run_config(run_dir, select=options)
+    say(what_next(run_dir))
     return info
 
 
@@ -139,3 +140,28 @@ def _write_subset(run_dir: Path, selected: list[int]) -> Path | None:
         raise TiveError(f"{data}: changed since `tive prepare` (SHA-256 differs); prepare again into a new run "
                         "directory")
     return write_subset_from_input(data, info["format"], selected, run_dir)
+
+
+def what_next(run_dir: Path) -> str:
+    """Where the results are and how to train on the subset with the usual trainers."""
+    subset = next((p for p in sorted(run_dir.glob("subset*")) if p.name.startswith("subset")), None)
+    info_path = run_dir / PREPARE_FILE
+    images = read_json(info_path).get("images") if info_path.is_file() else None
+    lines = ["next:"]
+    if subset is not None:
+        lines.append(f"  subset:  {subset} (the selected records, unchanged, in the input's format)")
+    report = run_dir / "report.html"
+    if report.is_file():
+        lines.append(f"  report:  {report} (open it in a browser: what was chosen and why)")
+    lines.append(f"  scores:  {run_dir / 'manifest.jsonl'} (per record), {run_dir / TASKS_FILE} (per task)")
+    if subset is not None and subset.suffix in (".json", ".jsonl"):
+        root = images or "IMAGE_ROOT"
+        lines += [
+            f"  train with LLaVA: --data_path {subset} --image_folder {root} (its scripts/v1_5/finetune*.sh)",
+            "  train with LLaMA-Factory: in data/dataset_info.json add "
+            f'"tive_subset": {{"file_name": "{subset}", "formatting": "sharegpt", "columns": {{"messages": '
+            '"conversations", "images": "image"}, "tags": {"role_tag": "from", "content_tag": "value", '
+            '"user_tag": "human", "assistant_tag": "gpt"}}, then train with --dataset tive_subset '
+            f"--media_dir {root} (records in messages/role/content form: columns messages/images, no tags)",
+        ]
+    return "\n".join(lines)
