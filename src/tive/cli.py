@@ -65,6 +65,12 @@ def _select(args: argparse.Namespace) -> Any:
     return run_select(args.run_dir, options_from_args(SelectOptions, args))
 
 
+def _report(args: argparse.Namespace) -> Any:
+    from tive.stages.select import run_report
+
+    return run_report(args.run_dir)
+
+
 def _run(args: argparse.Namespace) -> Any:
     from tive.stages import run_all
 
@@ -138,6 +144,8 @@ COMMANDS: tuple[Command, ...] = (
     Command("score", "task values and instance values", _score, (_positional("run_dir", _RUN_DIR_HELP),)),
     Command("select", "budgeted selection; writes the subset, manifest and tasks.json", _select,
             (_positional("run_dir", _RUN_DIR_HELP), _CONFIG), (SelectOptions,)),
+    Command("report", "(re)write RUN/report.html: what was selected and why", _report,
+            (_positional("run_dir", _RUN_DIR_HELP),)),
     Command("estimate", "time a few warm-up steps and feature batches; project the run's time, disk and memory",
             _estimate, (_positional("run_dir", _RUN_DIR_HELP), _CONFIG),
             (EstimateOptions, WarmupOptions, FeaturesOptions)),

@@ -27,7 +27,8 @@ def run_demo(out: Path, records: int = 1200, budget: str = "0.15", seed: int = 0
     )
     subset = next(run_dir.glob("subset.json*"))
     say(
-        f"demo: done in {time.perf_counter() - started:.0f} s. Subset: {subset}; per-record scores: "
-        f"{run_dir / 'manifest.jsonl'}; per-task budgets: {run_dir / 'tasks.json'}"
+        f"demo: done in {time.perf_counter() - started:.0f} s. Open {run_dir / 'report.html'} in a browser to see "
+        f"what was chosen and why. Subset: {subset}; per-record scores: {run_dir / 'manifest.jsonl'}; per-task "
+        f"budgets: {run_dir / 'tasks.json'}"
     )
     return run_dir

@@ -18,6 +18,7 @@ Layout (every file is written to a temporary name and moved into place; markers 
     select.json               the selection's options and what they came to
     tasks.json                per task: records, ok, skipped, value, budget, selected
     subset.json|.jsonl|...    the selected records, unchanged, in the input's format
+    report.html               what was selected and why, self-contained (`tive report` rewrites it)
     tive.log                  a log of every stage run in this directory
 """
 

@@ -351,3 +351,38 @@ def test_dataset_sha256_of_a_directory_sees_changes(hf_dir: Path) -> None:
     state = hf_dir / "state.json"
     state.write_text(state.read_text() + " ")
     assert dataset_sha256(hf_dir) != before
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# Reading a few records by position (the report's examples)
+
+@pytest.mark.parametrize("kind", ["parquet", "hf_dataset"])
+def test_read_records_takes_rows_by_position_with_their_embedded_images(kind: str, parquet_file: Path,
+                                                                        hf_dir: Path) -> None:
+    from tive.data.formats import read_records
+
+    path = parquet_file if kind == "parquet" else hf_dir
+    found = read_records(path, kind, [2, 1, 7])
+    assert sorted(found) == [1, 2]  # a position past the end is not there
+    full = load_dataset(path).records
+    for index, record in found.items():
+        assert (record.index, record.record_id, record.turns, record.images) == (
+            full[index].index, full[index].record_id, full[index].turns, full[index].images)
+    green, blue = (item.read() for item in found[1].image_data)
+    assert blue == png("blue") and green == full[1].image_data[0].read()
+
+
+@pytest.mark.parametrize("fmt", ["json", "jsonl"])
+def test_read_records_from_json_and_json_lines(fmt: str, tmp_path: Path) -> None:
+    import json
+
+    from tive.data.formats import read_records
+
+    raws = [{"id": f"r{i}", "conversations": [{"from": "human", "value": f"Q{i}?"}, {"from": "gpt", "value": f"A{i}"}]}
+            for i in range(6)]
+    path = tmp_path / "data.json"
+    path.write_text(json.dumps(raws) if fmt == "json" else "\n\n".join(json.dumps(r) for r in raws) + "\n")
+    found = read_records(path, fmt, [4, 0])
+    assert sorted(found) == [0, 4]
+    assert found[4].record_id == "r4" and found[4].index == 4
+    assert [turn.text() for turn in found[4].turns] == ["Q4?", "A4"]

@@ -124,18 +124,31 @@ def open_hf_dataset(path: Path) -> Any:
 
 def _records_from_table(table: Any, path: Path) -> list[Record]:
     """Parse every row of a pyarrow Table, embedded image bytes left in the table."""
-    image_columns = {field.name for field in table.schema if _holds_images(field.type)}
+    image_columns = _image_columns(table)
     records: list[Record] = []
     for start, rows in _row_batches(table):
         for offset, row in enumerate(rows):
-            index = start + offset
-            if image_columns:
-                row = {
-                    column: _embed(value, _Locator(table, index, (column,))) if column in image_columns else value
-                    for column, value in row.items()
-                }
-            records.append(parse_record(row, index, path))
+            records.append(_row_record(table, start + offset, row, image_columns, path))
     return records
+
+
+def records_at(table: Any, indices: list[int], path: Path) -> dict[int, Record]:
+    """Parse the rows `indices` of a pyarrow Table (those in range), embedded image bytes left in the table."""
+    image_columns = _image_columns(table)
+    return {index: _row_record(table, index, table.slice(index, 1).to_pylist()[0], image_columns, path)
+            for index in indices if 0 <= index < table.num_rows}
+
+
+def _image_columns(table: Any) -> set[str]:
+    return {field.name for field in table.schema if _holds_images(field.type)}
+
+
+def _row_record(table: Any, index: int, row: dict[str, Any], image_columns: set[str], path: Path) -> Record:
+    """Row `index` as a record, each embedded image reading its bytes from the table when opened."""
+    if image_columns:
+        row = {column: _embed(value, _Locator(table, index, (column,))) if column in image_columns else value
+               for column, value in row.items()}
+    return parse_record(row, index, path)
 
 
 def _holds_images(arrow_type: Any) -> bool:

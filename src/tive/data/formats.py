@@ -64,6 +64,7 @@ __all__ = [
     "SUBSET_NAMES",
     "dataset_sha256",
     "load_dataset",
+    "read_records",
     "parse_instruction_record",
     "parse_llava_record",
     "parse_messages_record",
@@ -385,6 +386,33 @@ def write_subset_from_input(path: Path | str, fmt: str, counts: Sequence[int], o
         source = arrow.open_hf_dataset(path)
         return _write_selected(path, fmt, _fit(repeats, len(source), path), out_dir, source=source)
     raise ValueError(f"unknown dataset format {fmt!r}; expected one of {', '.join(FORMATS)}")
+
+
+def read_records(path: Path | str, fmt: str, indices: Sequence[int]) -> dict[int, Record]:
+    """Parse only the records at `indices` of a prepared input (for the report's examples).
+
+    JSON lines and JSON lists are walked one element at a time and only the wanted ones parsed; Parquet and
+    `datasets` rows are taken from the table. The records were validated at prepare time; the caller checks that
+    the input is unchanged (its SHA-256).
+    """
+    path = Path(path)
+    wanted = set(int(index) for index in indices)
+    if fmt in (FORMAT_PARQUET, FORMAT_HF_DATASET):
+        table = arrow.open_parquet(path) if fmt == FORMAT_PARQUET else arrow.open_hf_dataset(path).data.table
+        return arrow.records_at(table, sorted(wanted), path)
+    if fmt == FORMAT_JSONL:
+        raw = (json.loads(line) for _, line in _record_lines(_read_text(path)))
+    elif fmt == FORMAT_JSON:
+        raw = _json_list_elements(_read_text(path))
+    else:
+        raise ValueError(f"unknown dataset format {fmt!r}; expected one of {', '.join(FORMATS)}")
+    found: dict[int, Record] = {}
+    for index, value in enumerate(raw):
+        if index in wanted:
+            found[index] = parse_record(value, index, path)
+            if len(found) == len(wanted):
+                break
+    return found
 
 
 def _fit(repeats: list[int], n_records: int, path: Path) -> list[int]:

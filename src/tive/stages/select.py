@@ -19,7 +19,7 @@ from tive.config import SelectOptions, write_run_config
 from tive.data.formats import dataset_sha256, write_subset_from_input
 from tive.errors import TiveError
 from tive.io import read_json, write_json
-from tive.report import task_table
+from tive.report import task_table, write_report
 from tive.rundir import (
     PREPARE_FILE,
     SELECT_FILE,
@@ -113,7 +113,8 @@ def _select(run_dir: Path, options: SelectOptions) -> dict[str, dict[str, Any]]:
         "effective": {"budget": described, "records": int(counts.sum()), "choose": choose, "temperature": temperature,
                       "oversample": oversample, "excluded": sorted(excluded), "seed": options.select_seed},
     })
-    write_json(run_dir / TASKS_FILE, info)  # last: select's completion marker
+    write_json(run_dir / TASKS_FILE, info)  # select's completion marker
+    _report(run_dir, rows)
     say(task_table(info))
     say(
         f"select: {int(counts.sum())} records (budget {described}; choose={choose}"
@@ -125,6 +126,24 @@ def _select(run_dir: Path, options: SelectOptions) -> dict[str, dict[str, Any]]:
         + (f" -> {subset_path}" if subset_path else "; no prepare.json here, so no subset file was written")
     )
     return info
+
+
+def _report(run_dir: Path, rows: list[dict[str, Any]]) -> None:
+    """Write report.html; the selection is already committed, so a report that fails is said, not fatal."""
+    try:
+        write_report(run_dir, rows)
+    except Exception as err:  # noqa: BLE001 - the subset and tasks.json stand; `tive report` retries
+        say(f"select: warning: report.html could not be written ({type(err).__name__}: {err}); "
+            f"`tive report {run_dir}` retries")
+
+
+def run_report(run_dir: Path | str) -> Path:
+    """`tive report`: (re)write RUN/report.html from the run directory."""
+    run_dir = open_run_dir(run_dir)
+    with stage_log(run_dir):
+        path = write_report(run_dir)
+        say(f"report: {path}")
+    return path
 
 
 def _write_subset(run_dir: Path, selected: list[int]) -> Path | None:
