@@ -27,7 +27,8 @@ def test_estimate_projects_the_run_from_timed_steps_and_leaves_the_run_as_it_was
     assert warm["seconds"] == pytest.approx(warm["steps"] * warm["seconds_per_step"] / 2)
     assert features["records"] == 140 and features["grad_dim"] > 256 and features["proj_dim"] == 256
     assert features["seconds"] == pytest.approx(140 * features["seconds_per_record"] / 2)
-    assert result["store_bytes"] == 140 * (256 * 2 + 8)  # float16 features, float64 norms and result["merge_peak_bytes"] == 2 * result["store_bytes"]
+    assert result["store_bytes"] == 140 * (256 * 2 + 8)  # float16 features, float64 norms
+    assert result["merge_peak_bytes"] == 2 * result["store_bytes"]  # chunks and merged arrays, for a moment
     assert result["total_seconds"] == pytest.approx(warm["seconds"] + features["seconds"])
     assert result["peak_memory_bytes"] > 0 and "feature store:" in printed and "warm-up:" in printed
     # The estimate is what the stages then do: the warm-up's steps and the feature count match.

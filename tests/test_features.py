@@ -224,3 +224,59 @@ def test_dense_is_refused_when_projecting_would_cost_more_than_twice_the_backwar
     monkeypatch.undo()
     run_features(run, options)  # at this size dense costs little next to the backward pass: accepted
     assert json.loads((run / "features" / "meta.json").read_text())["request"]["projector"]["type"] == "dense"
+
+
+def test_a_float16_store_holds_unit_rows_with_the_float32_stores_directions(small_run: Path, tmp_path: Path):
+    """float16 rows are the projected gradients scaled to unit length (safe from overflow and subnormals at any
+    gradient scale); their directions, all the scores use, are float32's to float16 precision."""
+    run16, run32 = _copy_run(small_run, tmp_path / "a"), _copy_run(small_run, tmp_path / "b")
+    run_features(run16, FeaturesOptions(proj_dim=64, chunk_size=32, force=True))
+    run_features(run32, FeaturesOptions(proj_dim=64, chunk_size=32, feature_dtype="float32", force=True))
+    x16 = np.load(run16 / "features" / "features.npy").astype(np.float64)
+    x32 = np.load(run32 / "features" / "features.npy").astype(np.float64)
+    np.testing.assert_allclose(np.linalg.norm(x16, axis=1), 1.0, atol=2e-3)
+    unit32 = x32 / np.linalg.norm(x32, axis=1, keepdims=True)
+    np.testing.assert_allclose(x16, unit32, atol=1e-3)
+    assert np.abs(np.linalg.norm(x32, axis=1) - 1).max() > 0.1  # float32 keeps the projections as they are
+    np.testing.assert_array_equal(np.load(run16 / "features" / "norms.npy"), np.load(run32 / "features" / "norms.npy"))
+
+
+def test_a_record_whose_gradient_is_not_finite_is_skipped_and_named(small_run: Path, tmp_path: Path,
+                                                                    monkeypatch: pytest.MonkeyPatch, capsys):
+    run = _copy_run(small_run, tmp_path)
+    real = BatchedGradients.norms_and_projection
+    poisoned = []
+
+    def first_record_nan(self, inputs, projector):
+        norms, projected = real(self, inputs, projector)
+        if not poisoned:
+            poisoned.append(True)
+            norms[0] = float("nan")
+        return norms, projected
+
+    monkeypatch.setattr(BatchedGradients, "norms_and_projection", first_record_nan)
+    meta = run_features(run, FeaturesOptions(proj_dim=64, chunk_size=32, grad_batch_size=4, force=True))
+    assert len(meta["skipped"]) == 1
+    (index, reason), = meta["skipped"].items()
+    assert "not finite" in reason and "1 of 140 records skipped" in capsys.readouterr().out
+    rows = [json.loads(line) for line in (run / "manifest.jsonl").read_text().splitlines()]
+    assert rows[int(index)]["status"].startswith("skipped: features: its gradient is not finite")
+    assert np.isfinite(np.load(run / "features" / "norms.npy")).all()
+
+
+def test_out_of_memory_says_what_to_lower(small_run: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch):
+    run = _copy_run(small_run, tmp_path)
+
+    def out_of_memory(self, inputs, projector):
+        raise torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB")
+
+    monkeypatch.setattr(BatchedGradients, "norms_and_projection", out_of_memory)
+    with pytest.raises(TiveError, match=r"out of memory on cpu with a gradient batch of \d+ records.*lower "
+                                        r"--grad-batch-size \(now 6\).*--gradient-checkpointing"):
+        run_features(run, FeaturesOptions(proj_dim=64, chunk_size=32, grad_batch_size=6, force=True))
+
+
+def test_negative_loader_workers_are_refused(small_run: Path, tmp_path: Path):
+    run = _copy_run(small_run, tmp_path)
+    with pytest.raises(TiveError, match="--loader-workers -1: must be at least 0"):
+        run_features(run, FeaturesOptions(proj_dim=64, loader_workers=-1))

@@ -109,6 +109,38 @@ def test_leftover_chunks_without_provenance_are_not_reused(run: Path, small_run:
         assert (features / name).read_bytes() == (small_run / "features" / name).read_bytes()
 
 
+def test_leftover_chunks_of_another_request_are_not_used_by_shards(run: Path, small_run: Path, capsys):
+    """Processes that share a store discard nothing (another may be writing it), so a chunk counts only when its
+    marker carries the store's request hash: chunks left by other settings are recomputed, not merged."""
+    features = run / "features"
+    options = small_options(data_of(run))[2]
+    shutil.rmtree(features)
+    (features / "chunks").mkdir(parents=True)
+    np.save(features / "chunks" / "chunk_000001.x.npy", np.ones((32, 512), dtype=np.float16))
+    np.save(features / "chunks" / "chunk_000001.norm.npy", np.ones(32))
+    (features / "chunks" / "chunk_000001.json").write_text(json.dumps({"rows": list(range(32, 64)),
+                                                                       "request_sha256": "another request"}))
+    meta = run_features(run, FeaturesOptions(**{**options.__dict__, "shard": "0/2"}))
+    assert not meta["complete"]  # shard 1's chunks (1 and 3) are still to compute: the leftover does not count
+    assert "chunks still to compute (shards 1 of 2)" in capsys.readouterr().out
+    meta = run_features(run, FeaturesOptions(**{**options.__dict__, "shard": "1/2"}))
+    assert meta["complete"] and meta["shards"] == 2
+    for name in ("features.npy", "norms.npy"):
+        assert (features / name).read_bytes() == (small_run / "features" / name).read_bytes()
+
+
+def test_rank_zero_gives_up_waiting_for_a_rank_that_died(run: Path, monkeypatch: pytest.MonkeyPatch):
+    import tive.stages.features
+    from tive.launch import Launch
+
+    options = small_options(data_of(run))[2]
+    shutil.rmtree(run / "features")
+    monkeypatch.setattr(tive.stages.features, "POLL_SECONDS", 0.05)
+    monkeypatch.setattr(tive.stages.features, "detect_launch", lambda shard: Launch(0, 2, 0, "torchrun"))
+    with pytest.raises(TiveError, match=r"no new chunk for 0.3 s; still missing chunk\(s\) 1, 3 of rank\(s\) 1"):
+        run_features(run, FeaturesOptions(**{**options.__dict__, "wait_timeout": 0.3}))
+
+
 def test_a_chunk_that_does_not_fit_its_records_is_refused_at_the_merge(run: Path, monkeypatch: pytest.MonkeyPatch):
     import tive.stages.features
 
@@ -188,3 +220,19 @@ def test_select_seed_help_says_what_it_seeds(capsys):
         main(["run", "--help"])
     text = " ".join(capsys.readouterr().out.split())
     assert "--seed SEED seed of the warm-up sample" in text and "--select-seed SELECT_SEED" in text
+
+
+def test_the_model_fingerprint_tells_fine_tunes_of_the_same_shape_apart(tmp_path: Path, monkeypatch: pytest.MonkeyPatch):
+    """Large weight files are not hashed whole, but a same-sized file with other weights still differs."""
+    import tive.model.loading as loading
+
+    monkeypatch.setattr(loading, "_CONTENT_HASH_LIMIT", 4096)
+    monkeypatch.setattr(loading, "_BLOCK_BYTES", 256)
+    rng = np.random.default_rng(0)
+    weights = rng.standard_normal(200_000).astype(np.float32)
+    for name, values in (("a", weights), ("b", weights), ("c", weights + 1e-3)):
+        (tmp_path / name).mkdir()
+        (tmp_path / name / "config.json").write_text("{}")
+        (tmp_path / name / "model.safetensors").write_bytes(values.tobytes())
+    a, b, c = (loading.model_fingerprint(tmp_path / name) for name in "abc")
+    assert a == b and a != c

@@ -154,6 +154,11 @@ class FeaturesOptions:
         "I/K: compute only shard I of K (chunks c with c mod K = I), for processes started by hand; torchrun and "
         "SLURM ranks are found without it",
     )
+    wait_timeout: float = opt(
+        3600.0,
+        "seconds rank 0 of a torchrun / srun launch waits without a new chunk from the other ranks before it gives "
+        "up and names the missing chunks (a rank that died)",
+    )
     device: str = opt("auto", "torch device: auto (cuda if available, else cpu), cpu, cuda, cuda:1, ...")
     dtype: str = opt(
         "float32",

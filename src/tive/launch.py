@@ -12,6 +12,9 @@ finish the stage; shards (array jobs, `--shard`) run whenever they are scheduled
 finish, or `tive score`, completes the store. No collective operation is needed for feature extraction; the ranks
 meet only through files in the run directory, which must be on a filesystem they share.
 
+A plain `srun` starts every task without torchrun, so nothing sets the variables `torch.distributed` reads: the
+warm-up (the one stage that trains across ranks) exports them from SLURM's (`slurm_torch_env`) before it starts.
+
 Only the standard library is used here.
 """
 
@@ -67,23 +70,34 @@ def parse_shard(text: str) -> tuple[int, int]:
     return int(match.group(1)), int(match.group(2))
 
 
+def _number(env: Mapping[str, str], name: str) -> int | None:
+    """The integer value of environment variable `name`, None when unset or empty."""
+    value = env.get(name)
+    if value is None or not value.strip():
+        return None
+    try:
+        return int(value)
+    except ValueError:
+        raise TiveError(f"environment variable {name}={value!r} is not a number") from None
+
+
 def detect_launch(shard: str | None = None, env: Mapping[str, str] | None = None) -> Launch:
-    """This process's launch, from `--shard` or the launcher's environment variables (see the module docstring)."""
+    """This process's launch, from `--shard` or the launcher's environment variables (see the module docstring).
+
+    torchrun's variables with SLURM's values (RANK = SLURM_PROCID, WORLD_SIZE = SLURM_NTASKS) are a SLURM step
+    whose variables were exported (`slurm_torch_env`), so the launch stays "slurm" once the warm-up has done that.
+    """
     env = os.environ if env is None else env
 
     def number(name: str) -> int | None:
-        value = env.get(name)
-        if value is None or not value.strip():
-            return None
-        try:
-            return int(value)
-        except ValueError:
-            raise TiveError(f"environment variable {name}={value!r} is not a number") from None
+        return _number(env, name)
 
     launched = None
     world = number("WORLD_SIZE")
     if world is not None and number("RANK") is not None:
-        launched = Launch(number("RANK"), world, number("LOCAL_RANK") or 0, "torchrun")
+        rank = number("RANK")
+        slurm = rank == number("SLURM_PROCID") and world == number("SLURM_NTASKS")
+        launched = Launch(rank, world, number("LOCAL_RANK") or 0, "slurm" if slurm else "torchrun")
     elif (number("SLURM_NTASKS") or 1) > 1 and number("SLURM_PROCID") is not None:
         launched = Launch(number("SLURM_PROCID"), number("SLURM_NTASKS"), number("SLURM_LOCALID") or 0, "slurm")
     elif number("SLURM_ARRAY_TASK_ID") is not None and (number("SLURM_ARRAY_TASK_COUNT") or 1) > 1:
@@ -102,3 +116,60 @@ def detect_launch(shard: str | None = None, env: Mapping[str, str] | None = None
     if not 0 <= launched.rank < launched.world:
         raise TiveError(f"{launched.kind}: rank {launched.rank} is outside 0..{launched.world - 1}")
     return launched
+
+
+# The port rank 0 listens on when neither MASTER_PORT nor SLURM_JOB_ID says (torch's own default), and the range a
+# job id is mapped into (below Linux's ephemeral ports, 32768 and up, so no outgoing connection holds it).
+DEFAULT_MASTER_PORT = 29500
+_JOB_PORT_BASE, _JOB_PORT_SPAN = 15000, 10000
+
+
+def slurm_torch_env(env: Mapping[str, str]) -> dict[str, str]:
+    """The torch.distributed variables of a task of one SLURM step (`srun -n K`), from SLURM's own.
+
+    RANK, WORLD_SIZE and LOCAL_RANK are SLURM_PROCID, SLURM_NTASKS and SLURM_LOCALID; LOCAL_WORLD_SIZE is given
+    where the tasks on this node are known (one node: every task; else SLURM_TASKS_PER_NODE at SLURM_NODEID).
+    MASTER_ADDR and MASTER_PORT are the environment's where set. Otherwise the port is derived from SLURM_JOB_ID
+    (the same in every task of a job, different between jobs) and, on one node (SLURM_NNODES = 1), the address is
+    127.0.0.1; on several nodes rank 0's host cannot be known from here, so a missing MASTER_ADDR is refused with
+    how to set it.
+    """
+    procid, ntasks = _number(env, "SLURM_PROCID"), _number(env, "SLURM_NTASKS")
+    if procid is None or ntasks is None:
+        raise TiveError("SLURM_PROCID and SLURM_NTASKS are not set: this process is not a task of an srun step")
+    nodes = _number(env, "SLURM_NNODES") or _number(env, "SLURM_JOB_NUM_NODES")
+    out = {"RANK": str(procid), "WORLD_SIZE": str(ntasks), "LOCAL_RANK": str(_number(env, "SLURM_LOCALID") or 0)}
+    local_world = ntasks if nodes == 1 else _tasks_on_node(env.get("SLURM_TASKS_PER_NODE", ""),
+                                                           _number(env, "SLURM_NODEID"))
+    if local_world is not None:
+        out["LOCAL_WORLD_SIZE"] = str(local_world)
+    address = (env.get("MASTER_ADDR") or "").strip()
+    if not address:
+        if nodes != 1:
+            raise TiveError(
+                f"srun over {nodes or 'several'} nodes: MASTER_ADDR (the host of rank 0) is not set; set it in the "
+                "job script before srun: export MASTER_ADDR=$(scontrol show hostnames $SLURM_JOB_NODELIST | head -n1)"
+            )
+        address = "127.0.0.1"
+    out["MASTER_ADDR"] = address
+    port = (env.get("MASTER_PORT") or "").strip()
+    if not port:
+        job = _number(env, "SLURM_JOB_ID")
+        port = str(DEFAULT_MASTER_PORT if job is None else _JOB_PORT_BASE + job % _JOB_PORT_SPAN)
+    out["MASTER_PORT"] = port
+    return out
+
+
+_NODE_TASKS = re.compile(r"\s*(\d+)(?:\(x(\d+)\))?\s*")
+
+
+def _tasks_on_node(tasks_per_node: str, node: int | None) -> int | None:
+    """Tasks on node `node` from SLURM_TASKS_PER_NODE ("2(x3),1": 2 on each of the first 3 nodes, 1 on the 4th);
+    None when it cannot be told."""
+    counts: list[int] = []
+    for part in tasks_per_node.split(","):
+        match = _NODE_TASKS.fullmatch(part)
+        if not match:
+            return None
+        counts += [int(match.group(1))] * int(match.group(2) or 1)
+    return counts[node] if node is not None and 0 <= node < len(counts) else None

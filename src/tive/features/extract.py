@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
@@ -35,6 +35,8 @@ class Extraction:
         device: where the model is.
         feature_dtype: numpy dtype name the projected features are stored in.
         computed_by: who computes (the launch's description), recorded per chunk.
+        described: what the chunk markers record about how the features are made (gradient size, projector,
+            encoding, the launch's number of processes; `FeatureStore.write_chunk`).
     """
 
     model: Any
@@ -46,6 +48,7 @@ class Extraction:
     device: str
     feature_dtype: str
     computed_by: str
+    described: dict[str, Any] = field(default_factory=dict)
 
 
 MAX_AUTO_BATCH = {"cuda": 64, "cpu": 16}
@@ -65,7 +68,7 @@ def _available_cpu_bytes() -> int:
 def choose_batch_size(requested: int | None, job: Extraction, records: Sequence[Record]) -> tuple[int, str]:
     """The gradient batch to use and why: `requested` when given (honoured as is), else from free memory.
 
-    On a GPU, one batch of the longest of `records` (by the length estimate) is run and its peak memory measured;
+    On a GPU, the longest of `records` (by the length estimate) is run alone and its peak memory measured;
     the batch is what fits in 80% of the free memory at that cost per record (at most 64). On a CPU, where the
     peak cannot be measured, the per-record gradient (materialised, then projected) is the estimate, against half
     of the available memory (at most 16).
@@ -85,9 +88,14 @@ def choose_batch_size(requested: int | None, job: Extraction, records: Sequence[
             torch.cuda.reset_peak_memory_stats()
             base = torch.cuda.memory_allocated()
             inputs = {key: value.to(job.device) for key, value in probe.inputs.items()}
-            grads = BatchedGradients(job.model, job.named_params)(inputs)
-            job.projector.project(grads.float())
-            del grads, inputs
+            try:  # the extraction's own path: one LoRA matrix's gradients at a time
+                BatchedGradients(job.model, job.named_params).norms_and_projection(inputs, job.projector)
+            except torch.OutOfMemoryError as error:
+                raise TiveError(
+                    f"features: out of memory on {job.device} with one record (the longest of the first chunk); "
+                    "add --gradient-checkpointing, a smaller --max-length or --dtype bfloat16"
+                ) from error
+            del inputs
             per_record = max(1, torch.cuda.max_memory_allocated() - base)
             free, _ = torch.cuda.mem_get_info()
             batch = max(1, min(MAX_AUTO_BATCH["cuda"], int(0.8 * free // per_record)))
@@ -193,6 +201,12 @@ def extract_chunks(
             rows = [positions[m] for m in batch.members]
             current["norms"][rows] = norms.cpu().numpy()
             current["x"][rows] = projected.cpu().numpy()
+            for m, row in zip(batch.members, rows):  # a NaN or inf gradient would poison its task's scores
+                if not (np.isfinite(current["norms"][row]) and np.isfinite(current["x"][row]).all()):
+                    record = records_of[chunk][row]
+                    problem = "its gradient is not finite (NaN or inf): try --dtype float32"
+                    bad.fail(record.index, record.record_id, "conversations", problem)
+                    current["failed"][record.index] = problem
         bad.done(len(positions))
         progress.update(len(positions))
         if last:
@@ -201,9 +215,10 @@ def extract_chunks(
             keep = [p for p, record in enumerate(records) if record.index not in failed]
             store.write_chunk(
                 chunk,
-                current["x"][keep].astype(job.feature_dtype),
+                stored_rows(current["x"][keep], job.feature_dtype),
                 current["norms"][keep],
                 {
+                    **job.described,
                     "rows": [records[p].index for p in keep],
                     "skipped": {str(index): reason for index, reason in sorted(failed.items())},
                     "truncated": sorted(current["truncated"]),
@@ -214,3 +229,16 @@ def extract_chunks(
                 },
             )
             current = None
+
+
+def stored_rows(projected: np.ndarray, feature_dtype: str) -> np.ndarray:
+    """The projected gradients as the store keeps them: float32 as they are; float16 scaled to unit length first.
+
+    The scores use only the rows' directions (cosines; the lengths that matter are the unprojected norms in
+    norms.npy), and a unit row is safe in float16 at any gradient scale: raw projections of a 7B model's gradients
+    could overflow float16's 65,504 or sink into its subnormal range (below 6e-5), losing precision.
+    """
+    if feature_dtype != "float16":
+        return projected.astype(feature_dtype)
+    lengths = np.linalg.norm(projected, axis=1, keepdims=True)
+    return (projected / np.where(lengths > 0, lengths, 1.0)).astype(np.float16)

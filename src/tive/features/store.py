@@ -47,6 +47,9 @@ CHUNKS_DIR = "chunks"
 
 FEATURE_DTYPES = ("float16", "float32")
 
+# What every chunk's marker says about how its features were made; equal across chunks, copied into meta.json.
+_DESCRIBED = ("grad_dim", "proj_dim", "projector_description", "encoding")
+
 
 class FeatureStore:
     """Chunks, merged arrays and provenance of one run's features."""
@@ -55,6 +58,8 @@ class FeatureStore:
         self.dir = Path(features_dir)
         self.chunks_dir = self.dir / CHUNKS_DIR
         self.meta_path = self.dir / META_FILE
+        self._request_sha256: str | None = None
+        self._valid: set[int] = set()  # chunks already found committed for this request
 
     # ---------------------------------------------------------------------------------------------- provenance
     def meta(self) -> dict[str, Any] | None:
@@ -73,12 +78,30 @@ class FeatureStore:
         meta = self.meta()
         return bool(meta and meta.get("complete") and not self.differing(request))
 
+    def check_current(self, run_dir: Path, *, adapter_sha256: str | None, encoding_version: int,
+                      records_sha256: str) -> None:
+        """Refuse a complete store that no longer describes the run, naming the stage to rerun: made with another
+        warm-up adapter (None: no adapter in the run, nothing to compare), another encoding of the records, or for
+        other rows than the manifest's ok records."""
+        meta = self.meta() or {}
+        request = meta.get("request", {})
+        if adapter_sha256 is not None and request.get("adapter_sha256") != adapter_sha256:
+            raise TiveError(f"{self.dir}: made with another warm-up adapter than the run's (the warm-up was redone); "
+                            f"rerun `tive features {run_dir} --force`")
+        if request.get("encoding_version", 1) != encoding_version:
+            raise TiveError(f"{self.dir}: made with encoding version {request.get('encoding_version', 1)}, not "
+                            f"{encoding_version}; rerun `tive warmup {run_dir} --force` and `tive features {run_dir}`")
+        if meta.get("records_sha256") != records_sha256:
+            raise TiveError(f"{self.dir}: made for other records than manifest.jsonl's ok records; rerun "
+                            f"`tive features {run_dir} --force`")
+
     def start(self, request: dict[str, Any], force: bool, shared: bool) -> None:
         """Start or resume a store for `request`.
 
         Refuses a store made with another request unless `force` (then it is discarded). Chunks without a
         meta.json are discarded: nothing says what made them. `shared`: other processes may be writing the same
-        store now, so nothing is discarded (a --force needs one process).
+        store now, so nothing is discarded (a --force needs one process); leftover chunks are then still never
+        used, because a chunk counts only when its marker carries this request's hash (`has_chunk`).
         """
         differing = self.differing(request)
         if differing and not force:
@@ -96,25 +119,47 @@ class FeatureStore:
         if self.meta() is None and self.chunks_dir.is_dir() and not shared:
             shutil.rmtree(self.chunks_dir)  # leftovers of unknown provenance
         self.chunks_dir.mkdir(parents=True, exist_ok=True)
-        if self.meta() is None:
+        if self.meta() is None:  # several ranks may write this at once: the same bytes
             write_json(self.meta_path, {"request": request, "complete": False})
-
-    def update_meta(self, **fields: Any) -> None:
-        write_json(self.meta_path, {**(self.meta() or {}), **fields})
+        self._request_sha256 = sha256_json(request)
+        self._valid = set()
 
     # -------------------------------------------------------------------------------------------------- chunks
     def _chunk_paths(self, chunk: int) -> tuple[Path, Path, Path]:
         stem = self.chunks_dir / f"chunk_{chunk:06d}"
         return Path(f"{stem}.x.npy"), Path(f"{stem}.norm.npy"), Path(f"{stem}.json")
 
+    def request_sha256(self) -> str | None:
+        """The hash of the request the store was started for (every chunk marker carries it)."""
+        if self._request_sha256 is None:
+            meta = self.meta()
+            self._request_sha256 = sha256_json(meta["request"]) if meta and "request" in meta else None
+        return self._request_sha256
+
     def has_chunk(self, chunk: int) -> bool:
-        return self._chunk_paths(chunk)[2].is_file()
+        """Whether `chunk` is committed for this store's request (a marker left by another request does not count)."""
+        expected = self.request_sha256()
+        if chunk in self._valid:
+            return True
+        marker = self._chunk_paths(chunk)[2]
+        if expected is None or not marker.is_file():
+            return False
+        try:
+            made_for = read_json(marker).get("request_sha256")
+        except (OSError, ValueError):
+            return False
+        if made_for == expected:
+            self._valid.add(chunk)
+            return True
+        return False
 
     def missing_chunks(self, n_chunks: int) -> list[int]:
         return [chunk for chunk in range(n_chunks) if not self.has_chunk(chunk)]
 
     def write_chunk(self, chunk: int, features: np.ndarray, norms: np.ndarray, info: dict[str, Any]) -> None:
-        """Commit one chunk: its arrays, then its marker (`info`: at least `rows`, the ok records' indices)."""
+        """Commit one chunk: its arrays, then its marker (`info`: at least `rows`, the ok records' indices; what the
+        process that computed it knows about the features — `grad_dim`, `projector`, `encoding`, `world` — goes
+        there too: only the merge writes meta.json, so concurrent ranks never overwrite each other's updates)."""
         x_path, norm_path, marker = self._chunk_paths(chunk)
         if len(features) != len(info["rows"]) or len(norms) != len(info["rows"]):
             raise ValueError(f"chunk {chunk}: {len(features)} feature rows and {len(norms)} norms for "
@@ -123,18 +168,26 @@ class FeatureStore:
             with atomic_path(path) as tmp:
                 with open(tmp, "wb") as f:
                     np.save(f, array)
-        write_json(marker, info)
+        write_json(marker, {**info, "request_sha256": self.request_sha256()})
+
+    def chunk_world(self) -> int:
+        """How many processes the launch that computed the committed chunks had (1 when none is committed)."""
+        for marker in sorted(self.chunks_dir.glob("chunk_*.json")) if self.chunks_dir.is_dir() else []:
+            try:
+                return int(read_json(marker).get("world", 1))
+            except (OSError, ValueError):
+                continue
+        return 1
 
     def chunk_info(self, chunk: int) -> dict[str, Any]:
         return read_json(self._chunk_paths(chunk)[2])
 
     # --------------------------------------------------------------------------------------------------- merge
-    def merge(self, chunk_records: Sequence[Sequence[int]], proj_dim: int, dtype: str) -> dict[str, Any]:
+    def merge(self, chunk_records: Sequence[Sequence[int]], dtype: str) -> dict[str, Any]:
         """Concatenate every chunk into features.npy / norms.npy, mark the store complete, remove the chunks.
 
         Args:
             chunk_records: per chunk, the indices of its candidate records (what the chunk must account for).
-            proj_dim: the feature dimension every chunk must have.
             dtype: the stored feature dtype.
 
         Returns:
@@ -157,6 +210,14 @@ class FeatureStore:
                     "store is inconsistent: rerun `tive features` with --force"
                 )
             infos.append(info)
+        described = {key: infos[0].get(key) for key in _DESCRIBED}
+        for chunk, info in enumerate(infos):
+            if any(info.get(key) != value for key, value in described.items()):
+                raise TiveError(
+                    f"{self._chunk_paths(chunk)[2]}: made with another model or projection than chunk 0 (gradient "
+                    "size, projector or encoding differ); the store is inconsistent: rerun `tive features` with --force"
+                )
+        proj_dim = int(described["proj_dim"])
         n_rows = sum(len(info["rows"]) for info in infos)
         np_dtype = np.dtype(dtype)
         with atomic_path(self.dir / FEATURES_FILE) as tmp_x, atomic_path(self.dir / NORMS_FILE) as tmp_n:
@@ -181,6 +242,8 @@ class FeatureStore:
         skipped = {str(i): reason for info in infos for i, reason in info.get("skipped", {}).items()}
         complete = {
             **(self.meta() or {}),
+            **described,
+            "shards": max(int(info.get("world", 1)) for info in infos),
             "records": n_rows,
             "records_sha256": sha256_json([int(i) for info in infos for i in info["rows"]]),
             "skipped": dict(sorted(skipped.items(), key=lambda kv: int(kv[0]))),

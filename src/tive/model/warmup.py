@@ -11,9 +11,10 @@ the number of records of the whole global batch, times the number of ranks (DDP 
 So every step's gradient is exactly the gradient of the mean per-record loss over the global batch — for 1 rank
 or 8, with or without gradient accumulation — and only float rounding differs.
 
-**Resumable.** Every `checkpoint_every` steps the trained parameters, the optimiser's state and the step are saved
-to `checkpoint/state.pt` (the base weights are not: they do not change); an interrupted warm-up rerun with the same
-settings continues from there, with the same data order and schedule.
+**Resumable.** Every `checkpoint_every` steps the trained parameters, the optimiser's and the schedule's state, the
+step and every rank's random state are saved to `checkpoint/state.pt` (the base weights are not: they do not
+change); an interrupted warm-up rerun with the same settings continues from there with the same data order,
+schedule and dropout, so it ends where an uninterrupted one would (on the same number of ranks).
 
 **Reproducible.** The data order comes from `torch.Generator(seed)`; dropout (where a checkpoint's config has
 it) from the global generator seeded with the seed (and the rank) for the duration of the training.
@@ -21,11 +22,13 @@ it) from the global generator seeded with the seed (and the rank) for the durati
 
 from __future__ import annotations
 
+import itertools
 import json
 import logging
 import math
 import shutil
-from collections.abc import Sequence
+import warnings
+from collections.abc import Iterable, Sequence
 from contextlib import nullcontext
 from dataclasses import dataclass
 from pathlib import Path
@@ -35,12 +38,15 @@ import numpy as np
 
 from tive.badrecords import BadRecords
 from tive.data.records import Record
+from tive.errors import TiveError
 from tive.rundir import TRAIN_LOG
 from tive.select import split_budget
 
 log = logging.getLogger("tive")
 
 CHECKPOINT_DIR = "checkpoint"
+# What `checkpoint/state.pt` holds; a checkpoint of another format is not resumed (the warm-up starts over).
+CHECKPOINT_FORMAT = 2
 
 
 def warmup_sample(tasks: Sequence[str], fraction: float, seed: int) -> list[int]:
@@ -156,15 +162,17 @@ def train_warmup(
     scheduler = get_cosine_schedule_with_warmup(optimizer, math.ceil(0.03 * total_steps), total_steps)
     wrapped, optimizer = accelerator.prepare(model, optimizer)
     device = accelerator.device
+    rng_devices = [torch.cuda.current_device()] if device.type == "cuda" else []
 
     checkpoint = out_dir / CHECKPOINT_DIR
-    start_step, losses = 0, []
-    resumed = _load_checkpoint(checkpoint, resume_key, model, optimizer)
+    start_step, losses, rng_state = 0, [], None
+    resumed = _load_checkpoint(checkpoint, resume_key, model, optimizer, scheduler)
     if resumed is not None:
-        start_step, losses = resumed
-        for _ in range(start_step):  # the schedule is a function of the step: replay it
-            scheduler.step()
-        log.info("warm-up: resuming from step %d of %d (%s)", start_step, total_steps, checkpoint)
+        start_step, losses, rng_states = resumed
+        rng_state = rng_states[rank] if len(rng_states) == world else None
+        log.info("warm-up: resuming from step %d of %d (%s)%s", start_step, total_steps, checkpoint,
+                 "" if rng_state is not None else
+                 f"; it was saved by {len(rng_states)} rank(s), not {world}: dropout is seeded afresh")
 
     orders = epoch_orders(len(records), epochs, seed)
     steps = [order[s * plan.batch_size : (s + 1) * plan.batch_size] for order in orders for s in range(steps_per_epoch)]
@@ -174,17 +182,21 @@ def train_warmup(
     batches = iterate_batches(RecordBatches(encoder, planned), workers)
 
     log_path = out_dir / TRAIN_LOG
-    if start_step == 0:
-        log_path.unlink(missing_ok=True)
+    if rank == 0:
+        _truncate_log(log_path, start_step)  # the steps after the checkpoint are logged again
     wrapped.train()
     last_inputs = None
     truncated: set[int] = set()
-    with torch.random.fork_rng(devices=[torch.cuda.current_device()] if device.type == "cuda" else []), \
-            open(log_path, "a", encoding="utf-8") as log_file, \
+    with torch.random.fork_rng(devices=rng_devices), open(log_path, "a", encoding="utf-8") as log_file, \
             (nullcontext(progress) if progress is not None
              else Progress("warm-up", total_steps, "step", start_step, progress_interval, rank == 0)) as progress:
-        torch.manual_seed(seed + rank)
+        # Start the encoding first: a DataLoader draws its workers' seed from the global generator, which must then
+        # be where the seed (or the checkpoint) puts it.
         pending = iter(batches)
+        pending = itertools.chain(list(itertools.islice(pending, 1)), pending)
+        torch.manual_seed(seed + rank)
+        if rng_state is not None:
+            _set_rng_state(rng_state, device)
         for step in range(start_step, total_steps):
             parts = [next(pending) for _ in micro[step - start_step][1]]
             for part in parts:
@@ -196,27 +208,39 @@ def train_warmup(
             local = torch.tensor([float(sum(len(part.members) for part in good))], device=device)
             count = float(accelerator.reduce(local, "sum").item()) if world > 1 else float(local.item())
             if count == 0:  # every record of this global batch failed: no step (the schedule moves on)
-                scheduler.step()
+                with warnings.catch_warnings():  # no optimiser step, on purpose: torch's warning does not apply
+                    warnings.filterwarnings("ignore", r"Detected call of `lr_scheduler\.step\(\)` before")
+                    scheduler.step()
                 progress.update(1)
                 continue
-            if not good:  # this rank has nothing, but DDP needs its backward: a zero-weight pass on old inputs
-                if last_inputs is None:
-                    raise RuntimeError("warm-up: a rank has no encodable record in its first step")
+            if not good:  # this rank has nothing, but DDP needs its backward: a zero-weight pass on other inputs
+                if last_inputs is None:  # nothing encoded yet (first step, or first after resuming): a later record
+                    later = (records[i] for _, rest in micro[step - start_step + 1:] for part in rest for i in part)
+                    last_inputs = first_encodable(encoder, itertools.chain(later, records))
                 good, weight = [last_inputs], 0.0
             else:
                 weight = 1.0
             loss_sum = torch.zeros((), device=device)
-            for k, part in enumerate(good):
-                inputs = {key: value.to(device) for key, value in part.inputs.items()}
-                labels = inputs.pop("labels")
-                context = accelerator.no_sync(wrapped) if k < len(good) - 1 else nullcontext()
-                with context:
-                    per_record = answer_loss_per_record(wrapped(**inputs).logits, labels)
-                    loss = per_record.sum() * (weight * world / count)
-                    accelerator.backward(loss)
-                loss_sum += per_record.detach().sum() * weight
-                last_inputs = part
-            optimizer.step()
+            try:
+                # A zero-weight pass leaves the random stream as it was: it changes nothing in the training.
+                with torch.random.fork_rng(devices=rng_devices) if weight == 0.0 else nullcontext():
+                    for k, part in enumerate(good):
+                        inputs = {key: value.to(device) for key, value in part.inputs.items()}
+                        labels = inputs.pop("labels")
+                        context = accelerator.no_sync(wrapped) if k < len(good) - 1 else nullcontext()
+                        with context:
+                            per_record = answer_loss_per_record(wrapped(**inputs).logits, labels)
+                            loss = per_record.sum() * (weight * world / count)
+                            accelerator.backward(loss)
+                        loss_sum += per_record.detach().sum() * weight
+                        last_inputs = part
+                optimizer.step()
+            except torch.OutOfMemoryError as error:
+                raise TiveError(
+                    f"warm-up: out of memory on {device} at step {step + 1} ({plan.per_device} records per forward "
+                    f"pass); lower --per-device-batch-size (now {plan.per_device}; the effective batch stays "
+                    f"--batch-size {plan.batch_size}), add --gradient-checkpointing, or a smaller --max-length"
+                ) from error
             scheduler.step()
             optimizer.zero_grad(set_to_none=True)
             value = float((accelerator.reduce(loss_sum, "sum") if world > 1 else loss_sum).item()) / count
@@ -227,7 +251,7 @@ def train_warmup(
                 log_file.flush()
             progress.update(1, postfix=f"loss {value:.3f}")
             if checkpoint_every and (step + 1) % checkpoint_every == 0 and step + 1 < total_steps:
-                _save_checkpoint(accelerator, checkpoint, model, optimizer, step + 1, losses, resume_key)
+                _save_checkpoint(accelerator, checkpoint, model, optimizer, scheduler, step + 1, losses, resume_key)
     wrapped.eval()
     accelerator.wait_for_everyone()
     if accelerator.is_main_process:
@@ -235,36 +259,92 @@ def train_warmup(
     return losses, truncated
 
 
-def _save_checkpoint(accelerator: Any, checkpoint: Path, model: Any, optimizer: Any, step: int,
-                     losses: list[float], key: str) -> None:
-    """Save what the warm-up trains (the trainable parameters: LoRA, and the built-in models' modules_to_save),
-    the optimiser's state and the step to `checkpoint`, through a temporary file. The base weights are not saved:
-    they do not change."""
+def first_encodable(encoder: Any, records: Iterable[Record]) -> Any:
+    """The first of `records` that encodes, as an `EncodedBatch` of one (encoded here, synchronously).
+
+    For a rank that must take part in a step without a record of its own (DDP needs every rank's backward) before
+    it has encoded anything: its zero-weight pass needs some inputs. Failures are not reported: the records are
+    reported where their own step reaches them.
+    """
+    from tive.model.data import encode_batch
+
+    for record in records:
+        batch = encode_batch(encoder, [record])
+        if batch.inputs is not None:
+            return batch
+    raise TiveError(
+        "warm-up: no warm-up record can be encoded in this process while other ranks can encode theirs; check "
+        "that every node sees the images and the model (the run directory and the image root must be shared)"
+    )
+
+
+def _truncate_log(log_path: Path, steps: int) -> None:
+    """Keep the first `steps` steps of the train log (none: remove it); a line cut short by a kill goes too."""
+    if steps == 0 or not log_path.is_file():
+        log_path.unlink(missing_ok=True)
+        return
+    kept = []
+    for line in log_path.read_text(encoding="utf-8").splitlines(keepends=True):
+        try:
+            if json.loads(line)["step"] <= steps and line.endswith("\n"):
+                kept.append(line)
+        except (ValueError, KeyError, TypeError):
+            continue
+    log_path.write_text("".join(kept), encoding="utf-8")
+
+
+def _rng_state(device: Any) -> dict[str, Any]:
+    """This process's random state: the CPU generator's, and the CUDA device's where it trains on one."""
     import torch
 
+    return {"cpu": torch.get_rng_state(),
+            "cuda": torch.cuda.get_rng_state(device) if device.type == "cuda" else None}
+
+
+def _set_rng_state(state: dict[str, Any], device: Any) -> None:
+    import torch
+
+    torch.set_rng_state(state["cpu"])
+    if state["cuda"] is not None and device.type == "cuda":
+        torch.cuda.set_rng_state(state["cuda"], device)
+
+
+def _save_checkpoint(accelerator: Any, checkpoint: Path, model: Any, optimizer: Any, scheduler: Any, step: int,
+                     losses: list[float], key: str) -> None:
+    """Save what the warm-up trains (the trainable parameters: LoRA, and the built-in models' modules_to_save),
+    the optimiser's and the schedule's state, the step and every rank's random state (dropout goes on where it
+    was) to `checkpoint`, through a temporary file. The base weights are not saved: they do not change."""
+    import torch
+    from accelerate.utils import gather_object
+
+    rng = _rng_state(accelerator.device)
+    rng_states = gather_object([rng]) if accelerator.num_processes > 1 else [rng]
     if accelerator.is_main_process:
         checkpoint.mkdir(parents=True, exist_ok=True)
         trained = {name: p.detach().cpu() for name, p in model.named_parameters() if p.requires_grad}
         tmp = checkpoint / "state.pt.tmp"
-        torch.save({"key": key, "step": step, "losses": losses, "parameters": trained,
-                    "optimizer": optimizer.state_dict()}, tmp)
+        torch.save({"format": CHECKPOINT_FORMAT, "key": key, "step": step, "losses": losses, "parameters": trained,
+                    "optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(), "rng": rng_states}, tmp)
         tmp.replace(checkpoint / "state.pt")
     accelerator.wait_for_everyone()
 
 
-def _load_checkpoint(checkpoint: Path, key: str, model: Any, optimizer: Any) -> tuple[int, list[float]] | None:
-    """Restore a checkpoint made with the same settings (`key`) into `model` and `optimizer`; (step, losses)."""
+def _load_checkpoint(checkpoint: Path, key: str, model: Any, optimizer: Any,
+                     scheduler: Any) -> tuple[int, list[float], list[dict[str, Any]]] | None:
+    """Restore a checkpoint made with the same settings (`key`) into `model`, `optimizer` and `scheduler`;
+    (step, losses, the random state of each rank that saved it)."""
     import torch
 
     path = checkpoint / "state.pt"
     if not path.is_file():
         return None
     state = torch.load(path, map_location="cpu", weights_only=False)
-    if state.get("key") != key:
+    if state.get("key") != key or state.get("format") != CHECKPOINT_FORMAT:
         return None
     parameters = dict(model.named_parameters())
     with torch.no_grad():
         for name, value in state["parameters"].items():
             parameters[name].copy_(value)
     optimizer.load_state_dict(state["optimizer"])
-    return int(state["step"]), list(state["losses"])
+    scheduler.load_state_dict(state["scheduler"])
+    return int(state["step"]), list(state["losses"]), list(state["rng"])

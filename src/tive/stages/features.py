@@ -39,7 +39,7 @@ from tive.rundir import (
 from tive.stages.common import check_encoding_options, say
 
 # How often rank 0 looks for its peers' chunks while it waits to complete the store.
-_POLL_SECONDS = 2.0
+POLL_SECONDS = 2.0
 
 
 def read_warmup(run_dir: Path) -> dict[str, Any]:
@@ -93,9 +93,11 @@ def _check_options(options: FeaturesOptions) -> None:
     from tive.features.grads import GRAD_MODES
     from tive.features.projection import projector_names
 
-    for name in ("proj_dim", "chunk_size", "grad_batch_size"):
-        if getattr(options, name) is not None and getattr(options, name) < 1:
-            raise TiveError(f"--{name.replace('_', '-')} {getattr(options, name)}: must be at least 1")
+    for name, least in (("proj_dim", 1), ("chunk_size", 1), ("grad_batch_size", 1), ("loader_workers", 0)):
+        if getattr(options, name) is not None and getattr(options, name) < least:
+            raise TiveError(f"--{name.replace('_', '-')} {getattr(options, name)}: must be at least {least}")
+    if not options.wait_timeout > 0:
+        raise TiveError(f"--wait-timeout {options.wait_timeout}: must be positive (seconds)")
     if options.grad_mode not in GRAD_MODES:
         raise TiveError(f"--grad-mode {options.grad_mode}: choose one of {', '.join(GRAD_MODES)}")
     if options.projector not in projector_names():
@@ -132,14 +134,14 @@ def _features(run_dir: Path, options: FeaturesOptions, launch: Launch) -> dict[s
         say(f"features: already computed with the same model, adapter and projection ({store.dir}); nothing to do")
         return sync_manifest(run_dir, store)
     store.start(request, options.force, shared=launch.world > 1)
-    store.update_meta(shards=launch.world)
     size = options.chunk_size
     chunk_rows = [candidates[start : start + size] for start in range(0, len(candidates), size)]
     missing = store.missing_chunks(len(chunk_rows))
     mine = [chunk for chunk in missing if launch.owns(chunk)]
     if mine:
         _compute(run_dir, options, launch, warm, store, chunk_rows, mine, len(candidates))
-    return complete_features(run_dir, store, wait=launch.concurrent and launch.rank == 0, launch=launch)
+    return complete_features(run_dir, store, wait=launch.concurrent and launch.rank == 0, launch=launch,
+                             wait_timeout=options.wait_timeout)
 
 
 def _compute(run_dir: Path, options: FeaturesOptions, launch: Launch, warm: dict[str, Any], store: FeatureStore,
@@ -159,7 +161,11 @@ def _compute(run_dir: Path, options: FeaturesOptions, launch: Launch, warm: dict
 
     device = resolve_device(options.device)
     if device == "cuda" and launch.world > 1:
-        device = f"cuda:{launch.local_rank}"
+        import torch
+
+        # One GPU per local rank; where the scheduler binds one GPU to each task (srun --gpus-per-task 1) every
+        # task sees a single device 0.
+        device = f"cuda:{launch.local_rank % max(1, torch.cuda.device_count())}"
     dataset, _ = load_prepared(run_dir)
     model, processor = load_with_adapter(Path(warm["model_dir"]), run_dir / WARMUP_DIR / ADAPTER_DIR, device,
                                          options.dtype)
@@ -170,13 +176,14 @@ def _compute(run_dir: Path, options: FeaturesOptions, launch: Launch, warm: dict
     grad_dim = sum(p.numel() for _, p in named_params)
     projector = make_projector(options.projector, grad_dim, options.proj_dim, options.proj_seed, device)
     encoder = Encoder(processor, options.max_length)
-    store.update_meta(grad_dim=grad_dim, proj_dim=projector.proj_dim, projector_description=projector.describe(),
-                      encoding=encoder.describe())
     chunks = [(chunk, [dataset.records[row["index"]] for row in chunk_rows[chunk]]) for chunk in mine]
     n_records = sum(len(records) for _, records in chunks)
     done = sum(len(rows) for chunk, rows in enumerate(chunk_rows) if store.has_chunk(chunk))
     job = Extraction(model, named_params, encoder, projector, options.grad_mode, 1, device,
-                     options.feature_dtype, launch.describe())
+                     options.feature_dtype, launch.describe(),
+                     {"grad_dim": grad_dim, "proj_dim": projector.proj_dim,
+                      "projector_description": projector.describe(), "encoding": encoder.describe(),
+                      "world": launch.world})
     job.batch_size, batch_reason = choose_batch_size(options.grad_batch_size, job, chunks[0][1][:256])
     if options.projector == "dense":
         check_dense_cost(job, chunks[0][1][: job.batch_size])
@@ -196,10 +203,11 @@ def _compute(run_dir: Path, options: FeaturesOptions, launch: Launch, warm: dict
 
 
 def complete_features(run_dir: Path, store: FeatureStore, wait: bool = False,
-                      launch: Launch | None = None) -> dict[str, Any]:
+                      launch: Launch | None = None, wait_timeout: float = 3600.0) -> dict[str, Any]:
     """Merge the store when every chunk is done (waiting for them with `wait`), then bring the manifest up to date.
 
-    Without `wait` and with chunks missing, returns the store's meta.json as it is and says what is missing.
+    Without `wait` and with chunks missing, returns the store's meta.json as it is and says what is missing. With
+    `wait`, gives up (naming the missing chunks) after `wait_timeout` seconds without a new chunk.
     """
     meta = store.meta()
     if meta is None:
@@ -216,13 +224,24 @@ def complete_features(run_dir: Path, store: FeatureStore, wait: bool = False,
     missing = store.missing_chunks(len(chunk_records))
     if missing and wait:
         say(f"features: waiting for {len(missing)} chunk(s) of the other ranks")
+        last_news = time.monotonic()
         while missing:
-            time.sleep(_POLL_SECONDS)
+            time.sleep(POLL_SECONDS)
             if (store.meta() or {}).get("complete"):
                 return sync_manifest(run_dir, store)
-            missing = store.missing_chunks(len(chunk_records))
+            still = store.missing_chunks(len(chunk_records))
+            if len(still) < len(missing):
+                last_news = time.monotonic()
+            elif time.monotonic() - last_news > wait_timeout:
+                shards = launch.world if launch is not None else store.chunk_world()
+                raise TiveError(
+                    f"features: no new chunk for {wait_timeout:g} s; still missing chunk(s) "
+                    f"{_listed(still)} of rank(s) {_listed(sorted({c % shards for c in still}))}: a rank died or "
+                    f"hangs. Rerun the launch to resume (done chunks are kept), or raise --wait-timeout"
+                )
+            missing = still
     if missing:
-        shards = int(meta.get("shards") or 1)
+        shards = launch.world if launch is not None and launch.world > 1 else store.chunk_world()
         owners = sorted({chunk % shards for chunk in missing})
         say(
             f"features: {len(missing)} of {len(chunk_records)} chunks still to compute"
@@ -232,11 +251,16 @@ def complete_features(run_dir: Path, store: FeatureStore, wait: bool = False,
         )
         return meta
     try:
-        store.merge(chunk_records, int(meta["proj_dim"]), request["feature_dtype"])
+        store.merge(chunk_records, request["feature_dtype"])
     except (FileNotFoundError, TiveError):
         if not (store.meta() or {}).get("complete"):  # not another process that merged first
             raise
     return sync_manifest(run_dir, store, fresh=True)
+
+
+def _listed(numbers: list[int], limit: int = 12) -> str:
+    shown = ", ".join(map(str, numbers[:limit]))
+    return shown + (f" and {len(numbers) - limit} more" if len(numbers) > limit else "")
 
 
 def sync_manifest(run_dir: Path, store: FeatureStore, fresh: bool = False) -> dict[str, Any]:

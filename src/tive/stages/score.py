@@ -15,13 +15,14 @@ from typing import Any
 import numpy as np
 
 from tive.errors import TiveError
-from tive.features.store import FeatureStore
+from tive.features.store import NORMS_FILE, FeatureStore
 from tive.io import read_json, sha256_file, sha256_json, write_json
 from tive.rundir import (
     ADAPTER_DIR,
     ADAPTER_WEIGHTS,
     FEATURES_DIR,
     FEATURES_SKIP,
+    MANIFEST_FILE,
     TASKS_FILE,
     WARMUP_DIR,
     WARMUP_MARKER,
@@ -75,17 +76,10 @@ def check_features_current(run_dir: Path, rows: list[dict[str, Any]], complete: 
             raise TiveError(f"{store.dir}: the features are not complete (see above for the chunks still to "
                             f"compute); finish `tive features {run_dir}` (every shard) first")
         rows[:] = read_manifest(run_dir)
-    request = meta.get("request", {})
     adapter = run_dir / WARMUP_DIR / ADAPTER_DIR / ADAPTER_WEIGHTS
-    if adapter.is_file() and request.get("adapter_sha256") != sha256_file(adapter):
-        raise TiveError(f"{store.dir}: made with another warm-up adapter than {adapter} (the warm-up was redone); "
-                        f"rerun `tive features {run_dir} --force`")
-    if request.get("encoding_version", 1) != ENCODING_VERSION:
-        raise TiveError(f"{store.dir}: made with encoding version {request.get('encoding_version', 1)}, not "
-                        f"{ENCODING_VERSION}; rerun `tive warmup {run_dir} --force` and `tive features {run_dir}`")
-    if meta.get("records_sha256") != sha256_json([row["index"] for row in ok_rows(rows)]):
-        raise TiveError(f"{store.dir}: made for other records than manifest.jsonl's ok records; rerun "
-                        f"`tive features {run_dir} --force`")
+    store.check_current(run_dir, adapter_sha256=sha256_file(adapter) if adapter.is_file() else None,
+                        encoding_version=ENCODING_VERSION,
+                        records_sha256=sha256_json([row["index"] for row in ok_rows(rows)]))
 
 
 def ok_grad_norms(run_dir: Path, rows: list[dict[str, Any]]) -> np.ndarray:
@@ -94,15 +88,19 @@ def ok_grad_norms(run_dir: Path, rows: list[dict[str, Any]]) -> np.ndarray:
 
     ok = ok_rows(rows)
     _, norms = load_features(run_dir / FEATURES_DIR, len(ok))
-    for row, norm in zip(ok, norms):
-        if row.get("grad_norm") is None:
-            row["grad_norm"] = float(norm)
-        elif not np.isclose(row["grad_norm"], norm, rtol=1e-6, atol=0.0):
-            raise TiveError(
-                f"{run_dir / 'manifest.jsonl'}: record {row['index']} (id {row['id']!r}) has grad_norm "
-                f"{row['grad_norm']} but features/norms.npy says {norm}; they must agree"
-            )
-    return np.array([row["grad_norm"] for row in ok], dtype=np.float64)
+    given = np.array([np.nan if row.get("grad_norm") is None else row["grad_norm"] for row in ok], dtype=np.float64)
+    missing = np.isnan(given)
+    disagree = np.flatnonzero(~missing & ~np.isclose(given, norms, rtol=1e-6, atol=0.0))
+    if len(disagree):
+        row = ok[disagree[0]]
+        raise TiveError(
+            f"{run_dir / MANIFEST_FILE}: record {row['index']} (id {row['id']!r}) has grad_norm {row['grad_norm']} but "
+            f"{FEATURES_DIR}/{NORMS_FILE} says {norms[disagree[0]]}; they must agree"
+        )
+    for position in np.flatnonzero(missing):
+        ok[position]["grad_norm"] = float(norms[position])
+    given[missing] = norms[missing]
+    return given
 
 
 def run_score(run_dir: Path | str) -> dict[str, dict[str, Any]]:

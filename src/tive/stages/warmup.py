@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import shutil
 import time
 from pathlib import Path
@@ -11,6 +12,7 @@ from tive.badrecords import BadRecords, check_policy
 from tive.config import WarmupOptions, write_run_config
 from tive.errors import TiveError
 from tive.io import read_json, sha256_file, sha256_json, write_json
+from tive.launch import Launch, detect_launch, slurm_torch_env
 from tive.rundir import (
     ADAPTER_DIR,
     ADAPTER_WEIGHTS,
@@ -92,11 +94,10 @@ def _warmup_settings(options: WarmupOptions) -> dict[str, Any]:
             raise TiveError(f"--{name.replace('_', '-')} {settings[name]}: must be positive")
     if not settings["lora_targets"]:
         raise TiveError(f"--lora-targets {options.lora_targets!r}: name at least one module, e.g. q_proj,v_proj")
-    for name in ("per_device_batch_size", "checkpoint_steps"):
+    for name, least in (("per_device_batch_size", 1), ("checkpoint_steps", 0), ("loader_workers", 0)):
         value = getattr(options, name)
-        if value is not None and value < (1 if name == "per_device_batch_size" else 0):
-            raise TiveError(f"--{name.replace('_', '-')} {value}: must be at least "
-                            f"{1 if name == 'per_device_batch_size' else 0}")
+        if value is not None and value < least:
+            raise TiveError(f"--{name.replace('_', '-')} {value}: must be at least {least}")
     return settings
 
 
@@ -145,20 +146,21 @@ def _commit_adapter(warm_dir: Path, save: Any) -> Path:
     return adapter_dir
 
 
-def run_warmup(run_dir: Path | str, options: WarmupOptions) -> dict[str, Any]:
+def run_warmup(run_dir: Path | str, options: WarmupOptions, shard: str | None = None) -> dict[str, Any]:
     """Train the reference model: LoRA on a task-balanced warm-up sample; save the adapter and its log.
 
     With `reference_adapter`, no training: the given adapter is checked against the base model and copied in as
-    the reference model. Under `torchrun` every rank trains its share of each batch (see `tive.model.warmup`);
-    rank 0 writes the outputs.
+    the reference model. Under `torchrun` or `srun` every rank trains its share of each batch (see
+    `tive.model.warmup`); rank 0 writes the outputs. Independent shards (`shard`: `tive run --shard I/K`; array
+    jobs), and more ranks than `--batch-size`, are refused (`check_launch`); a finished warm-up is skipped by all.
     """
     settings = _warmup_settings(options)
     run_dir = open_run_dir(run_dir)
     with stage_log(run_dir):
-        return _warmup(run_dir, options, settings)
+        return _warmup(run_dir, options, settings, shard)
 
 
-def _warmup(run_dir: Path, options: WarmupOptions, settings: dict[str, Any]) -> dict[str, Any]:
+def _warmup(run_dir: Path, options: WarmupOptions, settings: dict[str, Any], shard: str | None) -> dict[str, Any]:
     from tive.model.loading import model_fingerprint
 
     rows = candidate_rows(read_manifest(run_dir))
@@ -179,6 +181,7 @@ def _warmup(run_dir: Path, options: WarmupOptions, settings: dict[str, Any]) -> 
                 f"{marker}: a warm-up with other settings ({', '.join(differing) or 'records'}) exists; pass --force "
                 f"to redo it (to change only the selection, e.g. --select-seed, run `tive select {run_dir} ...`)"
             )
+    check_launch(detect_launch(shard), settings.get("batch_size"))
     accelerator = make_accelerator(options.device)
     main = accelerator.is_main_process
     if marker.is_file() and main:
@@ -211,19 +214,46 @@ def _warmup(run_dir: Path, options: WarmupOptions, settings: dict[str, Any]) -> 
     return result
 
 
+def check_launch(launch: Launch, batch_size: int | None) -> None:
+    """Refuse, before anything starts, a launch the warm-up cannot train in.
+
+    The warm-up is one training (DDP over the ranks of one launch): independent shards (array jobs, `--shard`) run
+    at different times and cannot share it. And every rank needs records of every global batch: with more ranks
+    than `batch_size` (None: no training) some would have none.
+    """
+    if launch.kind in ("slurm-array", "shard"):
+        raise TiveError(
+            f"warmup: this process is {launch.describe()}, and independent shards cannot share one training; run the "
+            "warm-up first in one process or one torchrun / srun launch (`tive warmup RUN ...` with the same "
+            "options), then the shards (they skip a finished warm-up)"
+        )
+    if batch_size is not None and batch_size < launch.world:
+        raise TiveError(
+            f"--batch-size {batch_size}: fewer records per step than the {launch.world} ranks of this launch "
+            f"({launch.kind}); pass --batch-size {launch.world} or more (at least the number of ranks), or launch "
+            f"at most {batch_size} ranks"
+        )
+
+
 def make_accelerator(device: str) -> Any:
     """The `accelerate.Accelerator` of this process: one process, or one rank of a torchrun / srun launch.
 
-    `--device cpu` keeps it on the CPU (gloo between ranks); otherwise a GPU per rank where there are GPUs.
+    `--device cpu` keeps it on the CPU (gloo between ranks); otherwise a GPU per rank where there are GPUs. Under a
+    plain `srun` (SLURM's variables, not torchrun's) the torch.distributed variables are exported from SLURM's first
+    (`tive.launch.slurm_torch_env`): otherwise every task would train alone and all would write the warm-up.
     """
     import torch
     from accelerate import Accelerator
     from accelerate.state import AcceleratorState
 
-    from tive.launch import detect_launch
     from tive.model.loading import resolve_device
 
     device = resolve_device(device)
+    if detect_launch().kind == "slurm" and "RANK" not in os.environ:
+        os.environ.update(slurm_torch_env(os.environ))
+        if device != "cpu" and torch.cuda.device_count() == 1:
+            # srun --gpus-per-task 1 shows each task one GPU, device 0; accelerate picks cuda:LOCAL_RANK
+            os.environ["LOCAL_RANK"] = "0"
     if detect_launch().world == 1:
         # A stage run earlier in this process (a test, `tive run`) may have used another device.
         AcceleratorState._reset_state(True)
