@@ -202,6 +202,9 @@ def big(out: Path, n_records: int, dim: int = 8192) -> None:
         verdict = "" if limit is None else ("ok" if figure["seconds"] <= limit[0] and figure["peak_mb"] <= limit[1]
                                             else "OVER") + f" (≤ {limit[0] / 60:g} min, ≤ {limit[1] / 1024:g} GB)"
         print(f"| {name} | {figure['seconds']:,.0f} s | {figure['peak_mb']:,.0f} MB | {verdict} |")
+    report = run / "report.html"
+    print(f"report.html of the prepared run (written by select, examples with thumbnails): "
+          f"{report.stat().st_size / 1e6:.2f} MB")
     verdict = "ok" if score_select <= 120 and score_select_mb <= 3072 else "OVER"
     print(f"| score + select (store) | {score_select:,.0f} s | {score_select_mb:,.0f} MB | {verdict} (≤ 2 min, ≤ 3 GB) |")
     (out / "665k.json").write_text(json.dumps(figures, indent=2))
