@@ -9,7 +9,6 @@ import torch
 from PIL import Image
 
 from tive.data.formats import parse_llava_record
-from tive.errors import TiveError
 from tive.model.encode import IGNORE_INDEX, collate, encode_record
 from tive.model.loading import load_base
 

@@ -51,6 +51,30 @@ class Extraction:
     described: dict[str, Any] = field(default_factory=dict)
 
 
+def make_extraction(model: Any, processor: Any, options: Any, device: str, computed_by: str,
+                    world: int = 1) -> Extraction:
+    """The extraction job of a reference model with LoRA (batch size still to choose: `choose_batch_size`).
+
+    Gradient checkpointing as `options` (a `FeaturesOptions`) says, gradients w.r.t. the LoRA matrices only, the
+    projector and the encoder; `described` gets what every chunk marker records.
+    """
+    from tive.features.projection import make_projector
+    from tive.model.encode import Encoder
+    from tive.model.loading import checkpoint_in_eval, enable_gradient_checkpointing, lora_gradients_only
+
+    if options.gradient_checkpointing:
+        enable_gradient_checkpointing(model)
+        checkpoint_in_eval(model)
+    named_params = lora_gradients_only(model)
+    grad_dim = sum(p.numel() for _, p in named_params)
+    projector = make_projector(options.projector, grad_dim, options.proj_dim, options.proj_seed, device)
+    encoder = Encoder(processor, options.max_length)
+    described = {"grad_dim": grad_dim, "proj_dim": projector.proj_dim, "projector_description": projector.describe(),
+                 "encoding": encoder.describe(), "world": world}
+    return Extraction(model, named_params, encoder, projector, options.grad_mode, 1, device, options.feature_dtype,
+                      computed_by, described)
+
+
 MAX_AUTO_BATCH = {"cuda": 64, "cpu": 16}
 
 

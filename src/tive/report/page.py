@@ -14,7 +14,6 @@ import io
 import json
 import logging
 from collections import Counter
-from collections.abc import Sequence
 from html import escape
 from pathlib import Path
 from typing import Any

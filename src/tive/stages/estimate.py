@@ -145,31 +145,16 @@ def _time_features(base_dir: Path, scratch: Path, records: list[Any], settings: 
                    features: FeaturesOptions, options: EstimateOptions, rng: np.random.Generator,
                    device: str) -> dict[str, Any]:
     """Feature records per second over `options.feature_batches` batches (after one more to warm up)."""
-    from tive.features.extract import Extraction, choose_batch_size, extract_chunks
-    from tive.features.projection import make_projector
+    from tive.features.extract import choose_batch_size, extract_chunks, make_extraction
     from tive.features.store import FeatureStore
-    from tive.model.encode import Encoder
-    from tive.model.loading import (
-        LoraSettings,
-        add_lora,
-        checkpoint_in_eval,
-        enable_gradient_checkpointing,
-        load_base,
-        lora_gradients_only,
-    )
+    from tive.model.loading import LoraSettings, add_lora, load_base
 
     model, processor = load_base(base_dir, device, features.dtype)
     lora = LoraSettings(settings["lora_rank"], settings["lora_alpha"], settings["lora_targets"], [])
     model = add_lora(model, lora, seed=0)  # the cost of a gradient does not depend on the adapter's values
     model.eval()
-    if features.gradient_checkpointing:
-        enable_gradient_checkpointing(model)
-        checkpoint_in_eval(model)
-    named = lora_gradients_only(model)
-    grad_dim = sum(p.numel() for _, p in named)
-    projector = make_projector(features.projector, grad_dim, features.proj_dim, features.proj_seed, device)
-    job = Extraction(model, named, Encoder(processor, features.max_length), projector, features.grad_mode, 1, device,
-                     features.feature_dtype, "estimate")
+    job = make_extraction(model, processor, features, device, "estimate")
+    grad_dim, projector = job.described["grad_dim"], job.projector
     job.batch_size, _ = choose_batch_size(features.grad_batch_size, job, records[:256])
     batch = job.batch_size if features.grad_mode == "batched" else 1
     sample = _sample(records, batch * (options.feature_batches + 1), rng)

@@ -147,16 +147,8 @@ def _features(run_dir: Path, options: FeaturesOptions, launch: Launch) -> dict[s
 def _compute(run_dir: Path, options: FeaturesOptions, launch: Launch, warm: dict[str, Any], store: FeatureStore,
              chunk_rows: list[list[dict[str, Any]]], mine: list[int], n_candidates: int) -> None:
     """Load the reference model and compute this process's chunks."""
-    from tive.features.extract import Extraction, check_dense_cost, choose_batch_size, extract_chunks
-    from tive.features.projection import make_projector
-    from tive.model.encode import Encoder
-    from tive.model.loading import (
-        checkpoint_in_eval,
-        enable_gradient_checkpointing,
-        load_with_adapter,
-        lora_gradients_only,
-        resolve_device,
-    )
+    from tive.features.extract import check_dense_cost, choose_batch_size, extract_chunks, make_extraction
+    from tive.model.loading import load_with_adapter, resolve_device
     from tive.progress import Progress
 
     device = resolve_device(options.device)
@@ -169,21 +161,11 @@ def _compute(run_dir: Path, options: FeaturesOptions, launch: Launch, warm: dict
     dataset, _ = load_prepared(run_dir)
     model, processor = load_with_adapter(Path(warm["model_dir"]), run_dir / WARMUP_DIR / ADAPTER_DIR, device,
                                          options.dtype)
-    if options.gradient_checkpointing:
-        enable_gradient_checkpointing(model)
-        checkpoint_in_eval(model)
-    named_params = lora_gradients_only(model)
-    grad_dim = sum(p.numel() for _, p in named_params)
-    projector = make_projector(options.projector, grad_dim, options.proj_dim, options.proj_seed, device)
-    encoder = Encoder(processor, options.max_length)
+    job = make_extraction(model, processor, options, device, launch.describe(), launch.world)
+    projector, grad_dim = job.projector, job.described["grad_dim"]
     chunks = [(chunk, [dataset.records[row["index"]] for row in chunk_rows[chunk]]) for chunk in mine]
     n_records = sum(len(records) for _, records in chunks)
     done = sum(len(rows) for chunk, rows in enumerate(chunk_rows) if store.has_chunk(chunk))
-    job = Extraction(model, named_params, encoder, projector, options.grad_mode, 1, device,
-                     options.feature_dtype, launch.describe(),
-                     {"grad_dim": grad_dim, "proj_dim": projector.proj_dim,
-                      "projector_description": projector.describe(), "encoding": encoder.describe(),
-                      "world": launch.world})
     job.batch_size, batch_reason = choose_batch_size(options.grad_batch_size, job, chunks[0][1][:256])
     if options.projector == "dense":
         check_dense_cost(job, chunks[0][1][: job.batch_size])
