@@ -10,7 +10,8 @@ image, 1.35 MB of pixels), and the growth of each stage's peak memory between th
 `665k`: a 665,298-record LLaVA-format file with images (blocks of the demo generator, ~400K distinct images), then
 - `tive prepare` on it (target ≤ 10 min, ≤ 4 GB);
 - `tive score` + `tive select` on a bring-your-own store of 665,298 x 8192 float16 features (≤ 2 min, ≤ 3 GB);
-- `tive select` on the prepared run with those features (≤ 3 min, ≤ 4 GB).
+- `tive select` on the prepared run with those features (≤ 3 min, ≤ 4 GB);
+- `tive select --choose diverse` on the store (no target: the cost of the diversity-aware choice).
 
 Each command runs as its own process; its peak memory is the sum of RssAnon over its process tree (DataLoader
 workers included), sampled every 0.1 s: pages of a memory-mapped store are the kernel's to drop and do not count.
@@ -182,6 +183,8 @@ def big(out: Path, n_records: int, dim: int = 8192) -> None:
         json.dumps({key: row[key] for key in ("index", "id", "task", "status")}) + "\n" for row in ok))
     figures["score (store)"] = measure(TIVE + ["score", str(store)], out / "score_store.log")
     figures["select (store)"] = measure(TIVE + ["select", str(store)], out / "select_store.log")
+    figures["select --choose diverse (store)"] = measure(TIVE + ["select", str(store), "--choose", "diverse"],
+                                                         out / "select_diverse.log")
     # The prepared run with the same features: values copied into its manifest, the store's arrays linked.
     scored = {row["index"]: row for row in map(json.loads, (store / "manifest.jsonl").read_text().splitlines())}
     with open(run / "manifest.jsonl", "w") as f:

@@ -285,3 +285,23 @@ def test_the_end_of_a_run_says_where_the_results_are_and_how_to_train_on_them(sm
     assert f"subset:  {small_run / 'subset.json'}" in text and str(small_run / "manifest.jsonl") in text
     assert f"--data_path {small_run / 'subset.json'} --image_folder {images}" in text
     assert '"formatting": "sharegpt"' in text and f"--media_dir {images}" in text
+
+
+def test_select_choose_diverse_on_a_run(small_run: Path, tmp_path: Path, capsys):
+    """`tive select --choose diverse` reads the run's features, says so, meets the budget in every task and is
+    reproducible; it takes records other than the value-ranked `top` choice."""
+    run = tmp_path / "run"
+    shutil.copytree(small_run, run)
+    assert main(["select", str(run), "--choose", "diverse", "--budget", "0.2"]) == 0
+    assert "--choose diverse: 140 feature rows reduced to 256 dims" in capsys.readouterr().out
+    rows = manifest(run)
+    tasks = json.loads((run / "tasks.json").read_text())
+    assert sum(r["selected"] for r in rows) == 28 and max(r["selected"] for r in rows) == 1
+    for name, info in tasks.items():
+        assert sum(r["selected"] for r in rows if r["task"] == name) == info["budget"] == info["selected"]
+    assert json.loads((run / "select.json").read_text())["effective"]["choose"] == "diverse"
+    diverse = [r["selected"] for r in rows]
+    assert main(["select", str(run), "--choose", "diverse", "--budget", "0.2"]) == 0
+    assert [r["selected"] for r in manifest(run)] == diverse
+    assert main(["select", str(run), "--choose", "top", "--budget", "0.2"]) == 0
+    assert [r["selected"] for r in manifest(run)] != diverse

@@ -347,3 +347,110 @@ def test_defaults() -> None:
     assert DEFAULT_METHOD == "sample"
     assert DEFAULT_TEMPERATURE == 0.1
     assert AUTHORS_TEMPERATURE == 1000.0
+
+
+# ---------------------------------------------------------------------------------------------- diverse
+def _clusters(rng: np.random.Generator, sizes: list[int], dim: int = 32, spread: float = 0.05) -> tuple[np.ndarray, np.ndarray]:
+    """Unit rows around random centres (one cluster per size) and the cluster of each row."""
+    centres = rng.standard_normal((len(sizes), dim))
+    label = np.repeat(np.arange(len(sizes)), sizes)
+    points = centres[label] + spread * rng.standard_normal((len(label), dim))
+    return points / np.linalg.norm(points, axis=1, keepdims=True), label
+
+
+def _instance_values(points: np.ndarray) -> np.ndarray:
+    mean = points.mean(axis=0)
+    return points @ mean  # mean cosine with the task (unit rows), self included
+
+
+def _greedy_reference(points: np.ndarray, values: np.ndarray, n: int, temperature: float) -> list[int]:
+    """The definition, one pick at a time with every distance recomputed."""
+    weight = np.exp((values - values.max()) / temperature)
+    picks = [int(np.argsort(-values, kind="stable")[0])]
+    distance = np.full(len(values), 4.0)
+    while len(picks) < n:
+        distance = np.minimum(distance, 2 - 2 * points @ points[picks[-1]])  # to the nearest pick so far
+        priority = distance * weight
+        priority[picks] = -1
+        picks.append(int(np.argmax(priority)))
+    return picks
+
+
+def test_diverse_covers_every_cluster_where_value_alone_takes_the_largest() -> None:
+    """A task of 400 near-duplicates and four small groups: instance value favours the duplicates (they are the
+    task's typical record), `top` takes only them; `diverse` takes every group, then duplicates."""
+    from tive.select import choose_diverse
+
+    points, label = _clusters(np.random.default_rng(0), [400, 15, 15, 15, 15])
+    values = _instance_values(points)
+    top = choose_instances(values, 10, "top", DEFAULT_TEMPERATURE, np.random.default_rng(0))
+    assert set(label[top > 0]) == {0}
+    diverse = choose_diverse(points, values, 10, temperature=1.0)
+    assert diverse.sum() == 10 and diverse.max() == 1
+    assert set(label[diverse > 0]) == {0, 1, 2, 3, 4}
+    assert int(np.flatnonzero(diverse)[np.argmax(values[diverse > 0])]) == int(np.argmax(values))  # starts at the top
+
+
+def test_diverse_is_the_value_weighted_greedy_k_center() -> None:
+    """Up to DIVERSE_ROUNDS picks the rounds hold one record each: exactly the greedy of the definition, at a
+    temperature where values matter and one where they do not."""
+    from tive.select import choose_diverse
+
+    rng = np.random.default_rng(1)
+    points, _ = _clusters(rng, [60, 40, 30, 20, 10], spread=0.3)
+    values = _instance_values(points)
+    for temperature in (0.05, 1e6):
+        counts = choose_diverse(points, values, 40, temperature)
+        assert sorted(np.flatnonzero(counts)) == sorted(_greedy_reference(points, values, 40, temperature))
+    low, high = choose_diverse(points, values, 40, 0.05), choose_diverse(points, values, 40, 1e6)
+    assert values[low > 0].mean() > values[high > 0].mean()  # a small temperature prefers representative records
+
+
+def test_diverse_in_rounds_covers_as_well_as_the_exact_greedy() -> None:
+    """Beyond DIVERSE_ROUNDS picks several records are taken per round; the covering radius (the farthest record
+    from its nearest pick) stays within 15% of one-at-a-time greedy's, with no record taken twice."""
+    from tive.select import DIVERSE_ROUNDS, choose_diverse
+
+    rng = np.random.default_rng(2)
+    points = rng.standard_normal((3000, 16)).astype(np.float32)
+    points /= np.linalg.norm(points, axis=1, keepdims=True)
+    values = np.zeros(3000)
+    n = 4 * DIVERSE_ROUNDS
+    counts = choose_diverse(points, values, n, temperature=1.0)
+    assert counts.sum() == n and counts.max() == 1
+
+    def radius(picks: list[int] | np.ndarray) -> float:
+        return float((2 - 2 * points @ points[picks].T).min(axis=1).max())
+
+    assert radius(np.flatnonzero(counts)) <= 1.15 * radius(_greedy_reference(points, values, n, 1.0))
+    again = choose_diverse(points, values, n, temperature=1.0)
+    np.testing.assert_array_equal(again, counts)  # deterministic
+
+
+def test_reduce_features_keeps_cosines_and_unit_length() -> None:
+    from tive.select import reduce_features
+
+    rng = np.random.default_rng(3)
+    full = rng.standard_normal((200, 4096)).astype(np.float16)
+    full[:100] += full[100:]  # pairs with cosine ~0.7
+    reduced = reduce_features(full, dim=256, seed=0)
+    assert reduced.shape == (200, 256) and reduced.dtype == np.float32
+    np.testing.assert_allclose(np.linalg.norm(reduced, axis=1), 1.0, rtol=1e-5)
+    unit = full.astype(np.float64) / np.linalg.norm(full.astype(np.float64), axis=1, keepdims=True)
+    error = np.abs(reduced @ reduced.T - unit @ unit.T)
+    assert error.mean() < 0.06 and error.max() < 0.35
+    np.testing.assert_array_equal(reduce_features(full, dim=256, seed=0), reduced)
+
+
+def test_select_records_diverse_needs_features_and_meets_every_budget() -> None:
+    rng = np.random.default_rng(4)
+    points, label = _clusters(rng, [50, 30, 20])
+    tasks = ["a"] * 50 + ["b"] * 30 + ["c"] * 20
+    values = _instance_values(points)
+    with pytest.raises(TiveError, match="--choose diverse needs the gradient features"):
+        select_records(tasks, values, {"a": 1.0, "b": 1.0, "c": 2.0}, 20, method="diverse")
+    counts, budgets = select_records(tasks, values, {"a": 1.0, "b": 1.0, "c": 2.0}, 20, method="diverse",
+                                     features=points)
+    assert counts.sum() == 20 and budgets == {"a": 5, "b": 5, "c": 10}
+    for name, budget in budgets.items():
+        assert counts[np.array(tasks) == name].sum() == budget

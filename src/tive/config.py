@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Any, get_type_hints
 
 from tive.features.projection import DEFAULT_PROJECTOR, projector_names
+from tive.select import METHODS as INSTANCE_CHOICES
 
 
 def opt(default: Any, help: str, **extra: Any) -> Any:
@@ -184,7 +185,13 @@ class SelectOptions:
 
     budget: str = opt("0.15", "subset size: a fraction of the eligible records (0.15 or 15%%) or a count (1500)")
     select_seed: int = opt(0, "seed of the selection's random choices (instance sampling)")
-    choose: str = opt("sample", "instance choice within a task", choices=["sample", "top"])
+    choose: str = opt(
+        "sample",
+        "instance choice within a task: sample (favouring high values, by --temperature), top (highest values), or "
+        "diverse (beyond the paper: records that cover the task's gradient directions, near-duplicates last; "
+        "among equally new records the more representative, by --temperature)",
+        choices=list(INSTANCE_CHOICES),
+    )
     temperature: float = opt(
         0.1, "sampling temperature on instance values (probability ~ exp(value / T)); the authors' q=0.001 is T=1000"
     )

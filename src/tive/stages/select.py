@@ -21,6 +21,7 @@ from tive.errors import TiveError
 from tive.io import read_json, write_json
 from tive.report import task_table, write_report
 from tive.rundir import (
+    FEATURES_DIR,
     PREPARE_FILE,
     SELECT_FILE,
     TASKS_FILE,
@@ -89,9 +90,10 @@ def _select(run_dir: Path, options: SelectOptions) -> dict[str, dict[str, Any]]:
         eligible = sum(task not in excluded for task in tasks)
         total = budget_count(budget, eligible)
         described = f"{budget:g} x {eligible} eligible records" if isinstance(budget, float) else "a count"
+    features = _diverse_features(run_dir, len(ok)) if choose == "diverse" else None
     counts, budgets = select_records(
         tasks, values, t_values, total, method=choose, temperature=temperature, seed=options.select_seed,
-        oversample=oversample, exclude_tasks=sorted(excluded), budgets=budgets,
+        oversample=oversample, exclude_tasks=sorted(excluded), budgets=budgets, features=features,
     )
     selected = [0] * len(rows)
     for row, count in zip(ok, counts):
@@ -126,6 +128,16 @@ def _select(run_dir: Path, options: SelectOptions) -> dict[str, dict[str, Any]]:
         + (f" -> {subset_path}" if subset_path else "; no prepare.json here, so no subset file was written")
     )
     return info
+
+
+def _diverse_features(run_dir: Path, n_ok: int) -> np.ndarray:
+    """The ok rows' gradient features, reduced for `--choose diverse` (read once, block by block)."""
+    from tive.features.store import load_features
+    from tive.select import DIVERSE_DIM, reduce_features
+
+    features, _ = load_features(run_dir / FEATURES_DIR, n_ok)
+    say(f"select: --choose diverse: {n_ok} feature rows reduced to {min(DIVERSE_DIM, features.shape[1])} dims")
+    return reduce_features(features)
 
 
 def _report(run_dir: Path, rows: list[dict[str, Any]]) -> None:
