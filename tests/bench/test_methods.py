@@ -19,8 +19,11 @@ def _signals(n: int = 997, seed: int = 0) -> Signals:
     tasks = [names[i] for i in rng.choice(4, size=n, p=[0.5, 0.25, 0.15, 0.10])]
     norms = rng.gamma(2.0, 1.0, size=n) * np.array([{"big": 1, "mid": 1.5, "small": 2, "hard": 6}[t] for t in tasks])
     t_values = {t: float(norms[[i for i, x in enumerate(tasks) if x == t]].mean()) for t in names}
+    centres = rng.standard_normal((12, 16))
+    features = centres[rng.integers(12, size=n)] + 0.3 * rng.standard_normal((n, 16))
+    features /= np.linalg.norm(features, axis=1, keepdims=True)
     return Signals(tasks=tasks, grad_norms=norms, values=rng.uniform(-1, 1, n), task_values=t_values,
-                   el2n=rng.uniform(0, 1.4, n), answer_tokens=rng.integers(1, 60, n))
+                   el2n=rng.uniform(0, 1.4, n), answer_tokens=rng.integers(1, 60, n), features=features)
 
 
 @pytest.mark.parametrize("budget", [0.05, 0.1, 0.15, 0.3])
@@ -48,11 +51,13 @@ def test_task_shares_follow_each_method() -> None:
     signals = _signals()
     k = budget_count(0.15, len(signals.tasks))
     proportional = {t: k * n / len(signals.tasks) for t, n in signals.task_sizes.items()}
-    for method in ("random_stratified", "tive_instance_only"):
+    for method in ("random_stratified", "tive_instance_only", "grad_norm_balanced", "el2n_balanced",
+                   "length_balanced"):
         shares = task_shares(signals, choose_subset(method, signals, 0.15, 0))
         assert all(abs(shares[t] - proportional[t]) <= 1 for t in shares), method
     tive_shares = task_shares(signals, choose_subset("tive", signals, 0.15, 0))
     assert tive_shares == task_shares(signals, choose_subset("tive_task_only", signals, 0.15, 0))
+    assert tive_shares == task_shares(signals, choose_subset("tive_diverse", signals, 0.15, 0))
     assert tive_shares["hard"] > proportional["hard"] + 5  # the high-gradient task gets more than its share
 
 
@@ -72,9 +77,16 @@ def test_plan_gives_equal_sizes_per_budget() -> None:
         sizes.setdefault(job["budget"], set()).add(len(job["positions"]))
     assert all(len(s) == 1 for s in sizes.values())
     assert sizes[1.0] == {len(signals.tasks)}
-    count = Counter((job["method"], job["budget"]) for job in jobs)
-    assert all(v == 3 for v in count.values())  # three seeds for every method
-    assert {m for m, _ in count} == set(METHODS) | {"full"}
+    count = Counter((job["method"], job["budget"], job["recipe_name"]) for job in jobs)
+    assert all(v == 3 for v in count.values())  # three seeds for every method and recipe
+    assert {m for m, _, _ in count} == set(METHODS) | {"full"}
+    # every subset under both recipes; the full-data run once (it is the same under both)
+    assert {r for m, _, r in count if m != "full"} == {"steps", "epochs"}
+    assert [r for m, _, r in count if m == "full"] == ["steps"]
+    n = len(signals.tasks)
+    for job in jobs:
+        expected = 300 if job["recipe_name"] == "steps" else round(300 * len(job["positions"]) / n)
+        assert job["steps"] == expected
 
 
 def test_bad_inputs() -> None:
@@ -83,3 +95,40 @@ def test_bad_inputs() -> None:
     with pytest.raises(TiveError, match="shape"):
         Signals(tasks=["a", "b"], grad_norms=np.ones(3), values=np.ones(2), task_values={"a": 1.0, "b": 1.0},
                 el2n=np.ones(2), answer_tokens=np.ones(2))
+
+
+def test_balanced_heuristics_take_the_top_of_each_task() -> None:
+    signals = _signals()
+    tasks = np.array(signals.tasks)
+    for method, scores in (("grad_norm_balanced", signals.grad_norms), ("el2n_balanced", signals.el2n)):
+        chosen = np.zeros(len(tasks), dtype=bool)
+        chosen[choose_subset(method, signals, 0.15, 0)] = True
+        for task in signals.task_sizes:
+            mine = tasks == task
+            assert scores[mine & chosen].min() >= scores[mine & ~chosen].max(), (method, task)
+
+
+def test_clusters_spread_the_budget_evenly_over_feature_clusters() -> None:
+    """The COINCIDE-style baseline: k-means on the features, then equal shares per cluster (capped by its size)."""
+    from tive.bench.methods import kmeans
+
+    signals = _signals()
+    k_clusters = round(len(signals.tasks) ** 0.5)
+    labels = kmeans(signals.features, k_clusters, seed=3)
+    chosen = choose_subset("clusters", signals, 0.15, 3)
+    per_cluster = Counter(labels[chosen].tolist())
+    sizes = Counter(labels.tolist())
+    uncapped = [per_cluster[c] for c in sizes if per_cluster[c] < sizes[c]]
+    assert max(uncapped) - min(uncapped) <= 1  # equal shares, except clusters too small for theirs
+    # converged spherical k-means: every point is nearest (by cosine) to its own cluster's mean direction
+    means = np.stack([signals.features[labels == c].mean(0) for c in range(k_clusters)])
+    means /= np.linalg.norm(means, axis=1, keepdims=True)
+    np.testing.assert_array_equal(np.argmax(signals.features @ means.T, axis=1), labels)
+
+
+def test_methods_that_need_features_say_so() -> None:
+    signals = _signals()
+    signals.features = None
+    for method in ("tive_diverse", "clusters"):
+        with pytest.raises(TiveError, match="needs the reference model's gradient features"):
+            choose_subset(method, signals, 0.15, 0)

@@ -29,7 +29,7 @@ def test_benchmark_at_chance_is_flagged_and_percent_kept_when_the_average_is_not
     assert not summary["average_at_chance"]
     table = summary_table(results)
     assert "| pope * |" in table and "| mmbench |" in table
-    assert "| chance | - | 50.0 | 25.0 | 0.0 | 25.0 | - |" in table
+    assert "| chance | - | - | 50.0 | 25.0 | 0.0 | 25.0 | - |" in table
     tive = next(r for r in summary_rows(results) if r["method"] == "tive")
     assert tive["percent_of_full"] == 100 * (142 / 3) / (165 / 3)
     assert "n/m" not in table
@@ -56,4 +56,21 @@ def test_below_chance_counts_as_at_chance_and_old_results_still_print() -> None:
     assert chance_summary(results)["benchmarks"] == ["pope"]
     old = _results({"a": 10.0}, {"a": 5.0}, None)  # a results.json from before chance levels
     assert chance_summary(old) is None and chance_lines(old) == []
-    assert "| tive | 15% | 5.0 | 5.0 | 50.0 |" in summary_table(old)
+    assert "| tive | 15% | 0 | 5.0 | 5.0 | 50.0 |" in summary_table(old)  # no steps recorded then
+
+
+def test_each_recipe_gets_its_table_with_the_full_data_run_in_both() -> None:
+    results = _results({"pope": 80.0, "mmbench": 70.0, "refcoco": 40.0},
+                       {"pope": 75.0, "mmbench": 60.0, "refcoco": 30.0}, CHANCE)
+    results["runs"][1].update(recipe="steps", steps=300)
+    results["runs"][0]["steps"] = 300
+    results["runs"].append({"method": "tive", "budget": 0.15, "seed": 0, "recipe": "epochs", "steps": 45,
+                            "scores": {"pope": 60.0, "mmbench": 40.0, "refcoco": 5.0}, "average": 35.0})
+    results["plan"] = {"recipes": ["steps", "epochs"]}
+    table = summary_table(results)
+    steps_part, epochs_part = table.split("**Equal epochs")
+    assert "**Equal steps" in steps_part and "| tive | 15% | 300 | 75.0 | 60.0 | 30.0 | 55.0 |" in steps_part
+    assert "| tive | 15% | 45 | 60.0 | 40.0 | 5.0 | 35.0 |" in epochs_part
+    assert steps_part.count("| full | 100% | 300 |") == epochs_part.count("| full | 100% | 300 |") == 1
+    epochs_tive = next(r for r in summary_rows(results, "epochs") if r["method"] == "tive")
+    assert epochs_tive["percent_of_full"] == 100 * 35.0 / (190 / 3)

@@ -73,7 +73,7 @@ def _classes() -> list[tuple[type, str]]:
         (OwnData, "your own data (instead of the built-in world)"),
         (WorldSizes, "the built-in world"),
         (Plan, "plan"),
-        (Recipe, "fine-tuning recipe (the same for every run)"),
+        (Recipe, "fine-tuning recipes (equal steps, equal epochs)"),
         (BaseSettings, "base model pre-training"),
         (SelectionSettings, "TIVE settings (default: the project's, except the warm-up for the tiny base)"),
     ]
@@ -117,10 +117,6 @@ def resolve(args: argparse.Namespace) -> BenchConfig:
     def settings(cls: type, **fixed: Any) -> Any:
         return cls(**{**(QUICK.get(cls, {}) if run.quick else {}), **given(cls, args), **fixed})
 
-    recipe_flags = given(Recipe, args)
-    if "steps" in recipe_flags and "epochs" in recipe_flags:
-        raise TiveError(f"{flag_of(Recipe, 'steps')} and {flag_of(Recipe, 'epochs')}: give one (equal steps for "
-                        "every subset, or equal epochs)")
     recipe = settings(Recipe)
     plan = settings(Plan, recipe=recipe)
     if plan.ablation_budget not in plan.budgets:

@@ -11,9 +11,15 @@ duplicates. Methods:
 | `tive` | TIVE's (proportional to mean gradient norm) | TIVE's (sample ~ exp(value / T), project defaults) |
 | `tive_task_only` | TIVE's | uniform |
 | `tive_instance_only` | the input's | TIVE's |
+| `tive_diverse` | TIVE's | `--choose diverse` (value-weighted k-center on the gradient features; beyond the paper) |
 | `grad_norm` | none | highest gradient norm first (a global difficulty ranking) |
 | `el2n` | none | highest EL2N first (Paul et al. 2021: error of the reference model's predictions) |
 | `length` | none | longest answers first (Zhao et al. 2024, "Long is more for alignment") |
+| `grad_norm_balanced`, `el2n_balanced`, `length_balanced` | the input's | the same scores, highest first within each task |
+| `clusters` | none: equal shares of k-means clusters of the gradient features (capped by their size) | uniform |
+
+`clusters` is a COINCIDE-style baseline (Lee et al. 2024: cluster a small reference model's features, sample across
+clusters rather than by task): k-means (k = √n, at most 100) on the reference model's reduced gradient features.
 
 Only numpy is imported: methods are unit-tested without torch.
 """
@@ -43,8 +49,10 @@ class Signals:
         task_values: TIVE's task values (mean gradient norm per task).
         el2n: mean over answer tokens of ||softmax(logits) - onehot(label)||_2 under the reference model.
         answer_tokens: the number of answer tokens of the record.
-        choose: TIVE's instance choice (`sample` or `top`), the project's default unless overridden.
+        choose: TIVE's instance choice (`sample`, `top` or `diverse`), the project's default unless overridden.
         temperature: TIVE's sampling temperature, the project's default unless overridden.
+        features: the reference model's gradient features reduced for `diverse` (`tive.select.reduce_features`),
+            one unit row per record; None where no method needs them.
     """
 
     tasks: list[str]
@@ -55,6 +63,7 @@ class Signals:
     answer_tokens: np.ndarray
     choose: str = DEFAULT_METHOD
     temperature: float = DEFAULT_TEMPERATURE
+    features: np.ndarray | None = None
     task_sizes: dict[str, int] = field(init=False)
 
     def __post_init__(self) -> None:
@@ -64,6 +73,8 @@ class Signals:
             if array.shape != (n,):
                 raise TiveError(f"signal {name} has shape {array.shape}; expected one value per record ({n})")
             setattr(self, name, array)
+        if self.features is not None and len(self.features) != n:
+            raise TiveError(f"features have {len(self.features)} rows; expected one per record ({n})")
         self.task_sizes = dict(sorted(Counter(self.tasks).items()))
 
 
@@ -93,9 +104,22 @@ def m_random_stratified(s: Signals, k: int, seed: int) -> np.ndarray:
     return _positions(counts)
 
 
+def _need_features(s: Signals, method: str) -> np.ndarray:
+    if s.features is None:
+        raise TiveError(f"method {method} needs the reference model's gradient features")
+    return s.features
+
+
 def m_tive(s: Signals, k: int, seed: int) -> np.ndarray:
+    features = _need_features(s, "tive") if s.choose == "diverse" else None
     counts, _ = select_records(s.tasks, s.values, s.task_values, k, method=s.choose, temperature=s.temperature,
-                               seed=seed)
+                               seed=seed, features=features)
+    return _positions(counts)
+
+
+def m_tive_diverse(s: Signals, k: int, seed: int) -> np.ndarray:
+    counts, _ = select_records(s.tasks, s.values, s.task_values, k, method="diverse", temperature=s.temperature,
+                               seed=seed, features=_need_features(s, "tive_diverse"))
     return _positions(counts)
 
 
@@ -124,15 +148,74 @@ def m_length(s: Signals, k: int, seed: int) -> np.ndarray:
     return _top(s.answer_tokens, k)
 
 
+def _balanced_top(s: Signals, scores: np.ndarray, k: int) -> np.ndarray:
+    """The input's task shares, the highest `scores` first within each task."""
+    counts, _ = select_records(s.tasks, scores, _proportional_values(s), k, method="top", temperature=1.0)
+    return _positions(counts)
+
+
+def m_grad_norm_balanced(s: Signals, k: int, seed: int) -> np.ndarray:
+    return _balanced_top(s, s.grad_norms, k)
+
+
+def m_el2n_balanced(s: Signals, k: int, seed: int) -> np.ndarray:
+    return _balanced_top(s, s.el2n, k)
+
+
+def m_length_balanced(s: Signals, k: int, seed: int) -> np.ndarray:
+    return _balanced_top(s, s.answer_tokens, k)
+
+
+def kmeans(points: np.ndarray, k: int, seed: int, iterations: int = 50) -> np.ndarray:
+    """Cluster labels of unit rows by spherical k-means (k-means++ seeding from `seed`, cosine assignment), iterated
+    until no label changes (at most `iterations` times)."""
+    rng = np.random.default_rng(seed)
+    n = len(points)
+    centres = [points[int(rng.integers(n))]]
+    distance = 2 - 2 * points @ centres[0]
+    for _ in range(1, k):
+        weights = np.clip(distance, 0, None)
+        chosen = int(rng.choice(n, p=weights / weights.sum())) if weights.sum() > 0 else int(rng.integers(n))
+        centres.append(points[chosen])
+        distance = np.minimum(distance, 2 - 2 * points @ points[chosen])
+    centre_matrix = np.stack(centres)
+    labels = np.argmax(points @ centre_matrix.T, axis=1)
+    for _ in range(iterations):
+        for c in range(k):
+            members = points[labels == c]
+            if len(members):
+                mean = members.sum(axis=0)
+                centre_matrix[c] = mean / max(np.linalg.norm(mean), 1e-12)
+        updated = np.argmax(points @ centre_matrix.T, axis=1)
+        if np.array_equal(updated, labels):
+            break
+        labels = updated
+    return labels
+
+
+def m_clusters(s: Signals, k: int, seed: int) -> np.ndarray:
+    points = _need_features(s, "clusters")
+    n_clusters = int(min(100, max(2, round(len(points) ** 0.5))))
+    labels = [f"c{label:03d}" for label in kmeans(points, n_clusters, seed)]
+    equal = {label: 1.0 for label in set(labels)}
+    counts, _ = select_records(labels, np.zeros(len(labels)), equal, k, method="sample", temperature=1.0, seed=seed)
+    return _positions(counts)
+
+
 METHODS: dict[str, Callable[[Signals, int, int], np.ndarray]] = {
     "random": m_random,
     "random_stratified": m_random_stratified,
     "tive": m_tive,
     "tive_task_only": m_tive_task_only,
     "tive_instance_only": m_tive_instance_only,
+    "tive_diverse": m_tive_diverse,
     "grad_norm": m_grad_norm,
     "el2n": m_el2n,
     "length": m_length,
+    "grad_norm_balanced": m_grad_norm_balanced,
+    "el2n_balanced": m_el2n_balanced,
+    "length_balanced": m_length_balanced,
+    "clusters": m_clusters,
 }
 
 

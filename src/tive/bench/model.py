@@ -30,28 +30,29 @@ from tive.errors import TiveError
 MAX_NEW_TOKENS = 24
 
 
+RECIPES = ("steps", "epochs")
+
+
 @dataclass(frozen=True)
 class Recipe:
-    """One fine-tuning recipe for every subset: the same number of optimiser steps (equal compute).
+    """How every subset is fine-tuned, in two recipes the bench reports side by side.
 
-    The paper trains every subset with the full data's recipe (same epochs, so a 15% subset costs 15% of the
-    compute). The miniature cannot: its base model has to learn the skills, not only the answer formats, so its
-    scores follow the number of optimiser steps. Measured on world seed 1: the full data reaches its plateau
-    (average ~25) after ~400 steps, while a 15% subset at the same 3 epochs gets 57 steps and scores ~3 whatever
-    the method, which measures steps, not data. With equal steps every subset gets the same compute and any
-    difference between methods comes from the data alone. `epochs` switches to the paper's equal-epochs recipe.
+    - `steps` (equal steps): every run takes the same number of optimiser steps, so every subset gets the same
+      compute and any difference between methods comes from the data alone — the measure of content.
+    - `epochs` (equal epochs, the paper's): every run takes as many passes over its subset as the full-data run
+      over the full data, so a 15% subset costs 15% of the compute — the measure of what a user saves.
+
+    The full-data run is the same in both (`steps` steps). Measured on world seed 1 with the earlier 300-step
+    default: full data keeps improving past ~400 steps, and at equal epochs a 15% subset gets 15% of the steps.
 
     Attributes:
-        steps: optimiser steps of every run (used when `epochs` is None).
-        epochs: passes over the subset instead (the paper's recipe); None for equal steps.
+        steps: optimiser steps of the full-data run, and of every run under equal steps.
         batch_size: records per optimiser step.
         learning_rate: AdamW peak learning rate (cosine schedule, 3% linear warm-up).
         freeze_vision: keep the vision tower frozen (LLaVA-1.5's stage 2).
     """
 
-    steps: int = opt(300, "optimiser steps of every fine-tuning run, whatever its subset size", min=1)
-    epochs: int | None = opt(None, "train every subset for this many epochs instead of --steps (the paper's "
-                             "equal-epochs recipe; see Recipe's docstring)", min=1)
+    steps: int = opt(300, "optimiser steps of the full-data run (and of every run under equal steps)", min=1)
     batch_size: int = opt(32, "records per optimiser step of the fine-tuning runs", min=1)
     learning_rate: float = opt(2e-3, "AdamW peak learning rate of the fine-tuning runs", above=0)
     freeze_vision: bool = True
@@ -59,10 +60,13 @@ class Recipe:
     def __post_init__(self) -> None:
         check_fields(self)
 
-    def total_steps(self, n_records: int) -> int:
-        if self.epochs is not None:
-            return self.epochs * math.ceil(n_records / self.batch_size)
-        return self.steps
+    def steps_for(self, recipe: str, n_records: int, n_full: int) -> int:
+        """Optimiser steps of a run on `n_records` of the `n_full` training records under `recipe`."""
+        if recipe == "steps":
+            return self.steps
+        if recipe == "epochs":
+            return max(1, round(self.steps * n_records / n_full))
+        raise TiveError(f"unknown recipe {recipe!r}; choose from {', '.join(RECIPES)}")
 
 
 @dataclass(frozen=True)

@@ -15,15 +15,27 @@ from typing import Any
 import numpy as np
 
 AT_CHANCE_POINTS = 10.0
-ORDER = ("full", "random", "random_stratified", "tive", "tive_task_only", "tive_instance_only", "grad_norm", "el2n",
-         "length")
+ORDER = ("full", "random", "random_stratified", "tive", "tive_task_only", "tive_instance_only", "tive_diverse",
+         "clusters", "grad_norm_balanced", "el2n_balanced", "length_balanced", "grad_norm", "el2n", "length")
+RECIPE_TITLES = {
+    "steps": "Equal steps — every run takes the full-data run's optimiser steps: what the data itself teaches",
+    "epochs": "Equal epochs — every run takes the full data's number of passes over its subset (the paper's): a "
+              "subset also costs its share of the compute",
+}
 
 
-def group_runs(results: dict[str, Any]) -> dict[tuple[str, float], list[dict[str, Any]]]:
-    """Runs grouped by (method, budget), in the table's order: full, then by budget, random before tive."""
+def recipes_of(results: dict[str, Any]) -> list[str]:
+    """The recipes the results hold, in the plan's order (results without recipes: equal steps)."""
+    return list(results.get("plan", {}).get("recipes") or ["steps"])
+
+
+def group_runs(results: dict[str, Any], recipe: str = "steps") -> dict[tuple[str, float], list[dict[str, Any]]]:
+    """Runs of one recipe grouped by (method, budget), in the table's order: full (shared by every recipe), then
+    by budget, random before tive."""
     groups: dict[tuple[str, float], list[dict[str, Any]]] = defaultdict(list)
     for run in results["runs"]:
-        groups[(run["method"], float(run["budget"]))].append(run)
+        if run["method"] == "full" or run.get("recipe", "steps") == recipe:
+            groups[(run["method"], float(run["budget"]))].append(run)
     rank = {m: i for i, m in enumerate(ORDER)}
     return dict(sorted(groups.items(), key=lambda kv: (kv[0][0] != "full", kv[0][1], rank.get(kv[0][0], 99),
                                                        kv[0][0])))
@@ -54,12 +66,13 @@ def chance_summary(results: dict[str, Any]) -> dict[str, Any] | None:
     }
 
 
-def summary_rows(results: dict[str, Any]) -> list[dict[str, Any]]:
-    """One row per (method, budget): mean and spread (sample std over seeds) per benchmark and on average.
+def summary_rows(results: dict[str, Any], recipe: str = "steps") -> list[dict[str, Any]]:
+    """One row per (method, budget) of one recipe: mean and spread (sample std over seeds) per benchmark and on
+    average, and the mean training steps.
 
     `percent_of_full` is None when there is no full-data run, or when its average is at chance level.
     """
-    groups = group_runs(results)
+    groups = group_runs(results, recipe)
     full = [r["average"] for r in results["runs"] if r["method"] == "full"]
     full_mean = float(np.mean(full)) if full else None
     chance = chance_summary(results)
@@ -67,7 +80,8 @@ def summary_rows(results: dict[str, Any]) -> list[dict[str, Any]]:
         full_mean = None
     rows = []
     for (method, budget), runs in groups.items():
-        row = {"method": method, "budget": budget, "seeds": len(runs), "scores": {}}
+        row = {"method": method, "budget": budget, "seeds": len(runs), "scores": {},
+               "steps": float(np.mean([r.get("steps", 0) for r in runs]))}
         for name in results["benchmarks"]:
             row["scores"][name] = _mean_std([r["scores"][name] for r in runs])
         row["average"] = _mean_std([r["average"] for r in runs])
@@ -77,22 +91,34 @@ def summary_rows(results: dict[str, Any]) -> list[dict[str, Any]]:
 
 
 def summary_table(results: dict[str, Any]) -> str:
-    """A Markdown table like the paper's: benchmarks as columns, methods as rows, average and % of full; a
-    `chance` row and `*` on benchmarks where full data is at chance level."""
+    """One Markdown table per recipe, each like the paper's: benchmarks as columns, methods as rows, average and
+    % of full; a `chance` row and `*` on benchmarks where full data is at chance level."""
+    parts = []
+    for recipe in recipes_of(results):
+        parts.append(f"**{RECIPE_TITLES.get(recipe, recipe)}**\n\n" + _recipe_table(results, recipe))
+    seeds = max((row["seeds"] for row in summary_rows(results, recipes_of(results)[0])), default=1)
+    chance = results.get("chance")
+    parts.append(f"Scores are accuracy (%) averaged over {seeds} seed(s); ± is the standard deviation of the average "
+                 "over seeds." + (" `chance`: answering without the image." if chance else ""))
+    return "\n\n".join(parts)
+
+
+def _recipe_table(results: dict[str, Any], recipe: str) -> str:
     names = results["benchmarks"]
     chance = results.get("chance")
     summary = chance_summary(results)
     flagged = set(summary["benchmarks"]) if summary else set()
     at_chance = bool(summary and summary["average_at_chance"])
-    header = ["method", "budget", *[n + (" *" if n in flagged else "") for n in names], "average", "% of full"]
+    header = ["method", "budget", "steps", *[n + (" *" if n in flagged else "") for n in names], "average",
+              "% of full"]
     lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
     if chance:
-        cells = ["chance", "-", *[f"{chance[n]:.1f}" for n in names], f"{np.mean([chance[n] for n in names]):.1f}",
-                 "-"]
+        cells = ["chance", "-", "-", *[f"{chance[n]:.1f}" for n in names],
+                 f"{np.mean([chance[n] for n in names]):.1f}", "-"]
         lines.append("| " + " | ".join(cells) + " |")
-    rows = summary_rows(results)
+    rows = summary_rows(results, recipe)
     for row in rows:
-        cells = [row["method"], f"{row['budget'] * 100:g}%"]
+        cells = [row["method"], f"{row['budget'] * 100:g}%", f"{row['steps']:.0f}"]
         cells += [f"{row['scores'][n][0]:.1f}" for n in names]
         mean, std = row["average"]
         cells.append(f"{mean:.1f} ± {std:.1f}" if row["seeds"] > 1 else f"{mean:.1f}")
@@ -101,10 +127,6 @@ def summary_table(results: dict[str, Any]) -> str:
         else:
             cells.append(f"{row['percent_of_full']:.1f}" if row["percent_of_full"] is not None else "-")
         lines.append("| " + " | ".join(cells) + " |")
-    seeds = max((row["seeds"] for row in rows), default=1)
-    lines.append("")
-    lines.append(f"Scores are accuracy (%) averaged over {seeds} seed(s); ± is the standard deviation of the average "
-                 "over seeds." + (" `chance`: answering without the image." if chance else ""))
     return "\n".join(lines)
 
 
@@ -131,23 +153,26 @@ def timing_lines(results: dict[str, Any]) -> list[str]:
     timing = results["timing"]
     selection = timing["selection"]
     tive_stages = sum(selection.get(k, 0.0) for k in ("prepare", "warmup", "features", "score"))
-    per_method: dict[tuple[str, float], list[float]] = defaultdict(list)
+    per_method: dict[tuple[str, float, str], list[float]] = defaultdict(list)
     for run in results["runs"]:
-        per_method[(run["method"], float(run["budget"]))].append(run["train_seconds"])
+        recipe = "full" if run["method"] == "full" else run.get("recipe", "steps")
+        per_method[(run["method"], float(run["budget"]), recipe)].append(run["train_seconds"])
     lines = [
         f"time: base model {timing['base_model_seconds']:.0f} s"
         + (" (cached)" if timing.get("base_model_cached") else ""),
         f"time: TIVE selection {tive_stages:.0f} s (warm-up {selection.get('warmup', 0):.0f} s, features "
-        f"{selection.get('features', 0):.0f} s, score {selection.get('score', 0):.0f} s); EL2N "
+        f"{selection.get('features', 0):.0f} s, score {selection.get('score', 0):.0f} s; over every seed); EL2N "
         f"{selection.get('el2n', 0):.0f} s; choosing every subset {selection.get('choose_all_subsets', 0):.1f} s",
     ]
-    full = per_method.get(("full", 1.0))
-    tive15 = per_method.get(("tive", 0.15))
+    full = per_method.get(("full", 1.0, "full"))
     if full:
         text = f"time: training on the full data {np.mean(full):.0f} s per run"
-        if tive15:
-            text += f"; on TIVE's 15% {np.mean(tive15):.0f} s per run (+ selection {tive_stages:.0f} s once)"
-        lines.append(text)
+        for recipe in recipes_of(results):
+            tive15 = per_method.get(("tive", 0.15, recipe))
+            if tive15:
+                text += f"; on TIVE's 15% at equal {recipe} {np.mean(tive15):.0f} s"
+        lines.append(text + f" (+ selection {tive_stages / max(1, len(results.get('plan', {}).get('seeds', [0]))):.0f} "
+                            "s per seed, once)")
     training = timing["training"]
     lines.append(
         f"time: all {training['runs']} runs: training {training['train_seconds_total']:.0f} s, evaluation "
@@ -165,8 +190,19 @@ def write_plot(results: dict[str, Any], path: Path) -> Path | None:
         import matplotlib.pyplot as plt
     except ImportError:
         return None
-    rows = summary_rows(results)
-    fig, ax = plt.subplots(figsize=(8, 5))
+    recipes = recipes_of(results)
+    fig, axes = plt.subplots(1, len(recipes), figsize=(8 * len(recipes), 5), squeeze=False)
+    for ax, recipe in zip(axes[0], recipes):
+        _plot_panel(ax, results, recipe)
+    fig.tight_layout()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+    return path
+
+
+def _plot_panel(ax: Any, results: dict[str, Any], recipe: str) -> None:
+    rows = summary_rows(results, recipe)
     full = [r for r in rows if r["method"] == "full"]
     if full:
         mean, std = full[0]["average"]
@@ -196,11 +232,6 @@ def write_plot(results: dict[str, Any], path: Path) -> Path | None:
     ax.set_xticklabels([f"{b:g}%" for b in budgets])
     ax.set_xlabel("budget (share of the training records)")
     ax.set_ylabel(f"average accuracy over {len(results['benchmarks'])} benchmarks (%)")
-    ax.set_title("tive bench: average vs budget (error bars: std over seeds)")
+    ax.set_title(f"equal {recipe}: average vs budget (error bars: std over seeds)")
     ax.grid(alpha=0.3)
     ax.legend(fontsize=8, loc="lower right")
-    fig.tight_layout()
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
-    return path

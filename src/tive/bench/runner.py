@@ -5,7 +5,8 @@
          bag of words; cached)
       -> selection signals: TIVE's stages once (prepare, warmup, features, score) + EL2N + answer lengths
       -> subsets: every method x budget x seed, exactly the same size at each budget
-      -> training runs: a fresh copy of the base fine-tuned on each subset with one recipe, then greedy
+      -> training runs: a fresh copy of the base fine-tuned on each subset under each recipe (equal steps, equal
+         epochs), then greedy
          evaluation on every benchmark (worker processes; each finished run is saved, so a rerun resumes)
       -> results.json, results.md (the table, with each benchmark's chance level and a flag where the full-data
          run is within 10 points of it), results.png (average vs budget), timing
@@ -31,19 +32,20 @@ from typing import Any
 import numpy as np
 
 from tive.bench.methods import FULL, METHODS, Signals, choose_subset, task_shares
-from tive.bench.model import BaseSettings, Recipe
+from tive.bench.model import RECIPES, BaseSettings, Recipe
 from tive.bench.options import check_fields, default_of, flag_of
 from tive.bench.world import WorldSizes, write_world
 from tive.config import FeaturesOptions, SelectOptions, WarmupOptions, opt
 from tive.data.records import Record
 from tive.errors import TiveError
 from tive.io import sha256_json, write_json
-from tive.select import DEFAULT_METHOD, DEFAULT_TEMPERATURE
+from tive.select import DEFAULT_METHOD, DEFAULT_TEMPERATURE, reduce_features
 from tive.stages import say
 
 log = logging.getLogger("tive")
 
-ABLATIONS = ("random_stratified", "tive_task_only", "tive_instance_only", "grad_norm", "el2n", "length")
+ABLATIONS = ("random_stratified", "tive_task_only", "tive_instance_only", "tive_diverse", "clusters",
+             "grad_norm_balanced", "el2n_balanced", "length_balanced", "grad_norm", "el2n", "length")
 
 
 def parse_budgets(text: str) -> tuple[float, ...]:
@@ -71,7 +73,8 @@ class Plan:
         seeds: how many seeds (0..seeds-1) every subset method runs with (and the full-data runs' training order).
         ablation_budget: the one budget at which the other methods run (the paper's 15%).
         ablations: the other methods.
-        recipe: the fine-tuning recipe, the same for every run.
+        recipes: which recipes every subset is trained under (`model.RECIPES`: equal steps, equal epochs).
+        recipe: the fine-tuning settings, the same for every run.
         workers: worker processes (None: the number of CPUs, at most 4); each uses cpu_count / workers threads.
     """
 
@@ -82,11 +85,16 @@ class Plan:
     ablation_budget: float = opt(0.15, "the budget at which the other methods run (the paper's 15%); without "
                                  "this flag, the one of --budgets nearest to it", above=0, below=1)
     ablations: tuple[str, ...] = opt(ABLATIONS, "the other methods, comma-separated", parse=parse_names)
+    recipes: tuple[str, ...] = opt(RECIPES, "fine-tuning recipes, comma-separated: steps (every run the same optimiser "
+                                   "steps: the data's content) and epochs (every run the full data's epochs: the "
+                                   "paper's, a subset costs less)", parse=parse_names)
     recipe: Recipe = field(default_factory=Recipe)
     workers: int | None = opt(None, "training processes in parallel (default: the number of CPUs, at most 4)", min=1)
 
     def __post_init__(self) -> None:
         check_fields(self)
+        if not self.recipes or any(r not in RECIPES for r in self.recipes):
+            raise TiveError(f"{flag_of(Plan, 'recipes')} {','.join(self.recipes)}: choose from {', '.join(RECIPES)}")
         unknown = [m for m in self.ablations if m not in METHODS]
         if unknown:
             raise TiveError(f"{flag_of(Plan, 'ablations')} {','.join(self.ablations)}: unknown method "
@@ -184,10 +192,11 @@ def require_all_ok(run_dir: Path, expected: int) -> list[dict[str, Any]]:
 
 
 def compute_signals(inputs: Inputs, out: Path, base_dir: Path, key: str, items: list[dict[str, Any]],
-                    settings: SelectionSettings, threads: int) -> tuple[Signals, dict[str, float], Path]:
-    """Run TIVE's stages once on the training set; add EL2N and answer lengths. Returns signals, timings and the
-    run directory, whose name is `key` (the base, the training records with their tasks, the task field) with
-    the stage settings."""
+                    settings: SelectionSettings, threads: int, seed: int = 0) -> tuple[Signals, dict[str, float], Path]:
+    """Run TIVE's stages once on the training set for bench seed `seed` (warm-up seed `settings.seed + seed`,
+    projection seed `seed`: a TIVE seed varies its reference model and projection, not only its sampling); add
+    EL2N and answer lengths. Returns signals, timings and the run directory, whose name is `key` (the base, the
+    training records with their tasks, the task field) with the stage settings and the seed."""
     import torch
 
     from tive.config import PrepareOptions
@@ -198,7 +207,7 @@ def compute_signals(inputs: Inputs, out: Path, base_dir: Path, key: str, items: 
     torch.set_num_threads(threads)
     # Instance choice and temperature act at selection time only; the stages depend on the rest.
     stage_settings = {k: v for k, v in asdict(settings).items() if k not in ("choose", "temperature")}
-    run_dir = out / "selection" / sha256_json({"settings": stage_settings, "inputs": key})[:12]
+    run_dir = out / "selection" / sha256_json({"settings": stage_settings, "inputs": key, "seed": seed})[:12]
     timing: dict[str, float] = {}
     signals_path = run_dir / "bench_signals.npz"
     if signals_path.is_file():
@@ -209,6 +218,7 @@ def compute_signals(inputs: Inputs, out: Path, base_dir: Path, key: str, items: 
             tasks=[str(t) for t in saved["tasks"]], grad_norms=saved["grad_norms"], values=saved["values"],
             task_values=json.loads(str(saved["task_values"])), el2n=saved["el2n"],
             answer_tokens=saved["answer_tokens"], choose=settings.choose, temperature=settings.temperature,
+            features=saved["features"],
         )
         return signals, timing, run_dir
     started = time.perf_counter()
@@ -218,10 +228,10 @@ def compute_signals(inputs: Inputs, out: Path, base_dir: Path, key: str, items: 
     started = time.perf_counter()
     run_warmup(run_dir, WarmupOptions(model=str(base_dir), warmup_fraction=settings.warmup_fraction,
                                       lora_rank=settings.lora_rank, learning_rate=settings.learning_rate,
-                                      epochs=settings.epochs, seed=settings.seed, device="cpu"))
+                                      epochs=settings.epochs, seed=settings.seed + seed, device="cpu"))
     timing["warmup"] = _elapsed(started)
     started = time.perf_counter()
-    run_features(run_dir, FeaturesOptions(proj_dim=settings.proj_dim, device="cpu"))
+    run_features(run_dir, FeaturesOptions(proj_dim=settings.proj_dim, proj_seed=seed, device="cpu"))
     timing["features"] = _elapsed(started)
     started = time.perf_counter()
     run_score(run_dir)
@@ -235,12 +245,14 @@ def compute_signals(inputs: Inputs, out: Path, base_dir: Path, key: str, items: 
     timing["el2n"] = _elapsed(started)
     answer_tokens = np.array([int((item["labels"] != -100).sum()) for item in items], dtype=np.float64)
     t_values = task_values(tasks, norms)
+    features = reduce_features(np.load(run_dir / "features" / "features.npy", mmap_mode="r"))
     np.savez(signals_path.with_suffix(".tmp.npz"), tasks=np.array(tasks), grad_norms=norms, values=values,
-             task_values=np.array(json.dumps(t_values)), el2n=el2n, answer_tokens=answer_tokens)
+             task_values=np.array(json.dumps(t_values)), el2n=el2n, answer_tokens=answer_tokens, features=features)
     os.replace(signals_path.with_suffix(".tmp.npz"), signals_path)
     write_json(run_dir / "bench_timing.json", timing)
     signals = Signals(tasks=tasks, grad_norms=norms, values=values, task_values=t_values, el2n=el2n,
-                      answer_tokens=answer_tokens, choose=settings.choose, temperature=settings.temperature)
+                      answer_tokens=answer_tokens, choose=settings.choose, temperature=settings.temperature,
+                      features=features)
     return signals, timing, run_dir
 
 
@@ -281,22 +293,32 @@ def encode_all(processor: Any, records: list[Any], benchmarks: list[Any]) -> dic
     }
 
 
-def plan_jobs(plan: Plan, signals: Signals) -> list[dict[str, Any]]:
-    """Every (method, budget, seed) run with its subset; `full` once per seed."""
-    n = len(signals.tasks)
+def plan_jobs(plan: Plan, signals: Signals | list[Signals]) -> list[dict[str, Any]]:
+    """Every (method, budget, seed) run with its subset; `full` once per seed. `signals`: one per seed (seed s's
+    subsets come from the reference model and projection of TIVE seed s), or one for every seed."""
+    per_seed = signals if isinstance(signals, list) else [signals] * plan.seeds
+    if len(per_seed) != plan.seeds:
+        raise TiveError(f"{len(per_seed)} sets of selection signals for {plan.seeds} seeds")
+    n = len(per_seed[0].tasks)
     seeds = range(plan.seeds)
-    jobs = [{"method": FULL, "budget": 1.0, "seed": s, "positions": np.arange(n)} for s in seeds]
+    subsets = []
     for budget in plan.budgets:
         for method in ("tive", "random"):
             for seed in seeds:
-                jobs.append({"method": method, "budget": budget, "seed": seed,
-                             "positions": choose_subset(method, signals, budget, seed)})
+                subsets.append((method, budget, seed, choose_subset(method, per_seed[seed], budget, seed)))
     for method in plan.ablations:
         if method not in METHODS:
             raise TiveError(f"unknown method {method!r}; choose from {', '.join(METHODS)}")
         for seed in seeds:
-            jobs.append({"method": method, "budget": plan.ablation_budget, "seed": seed,
-                         "positions": choose_subset(method, signals, plan.ablation_budget, seed)})
+            subsets.append((method, plan.ablation_budget, seed,
+                            choose_subset(method, per_seed[seed], plan.ablation_budget, seed)))
+    # The full-data run is the same under both recipes: one per seed.
+    jobs = [{"method": FULL, "budget": 1.0, "seed": s, "positions": np.arange(n), "recipe_name": plan.recipes[0],
+             "steps": plan.recipe.steps} for s in seeds]
+    for recipe in plan.recipes:
+        for method, budget, seed, positions in subsets:
+            jobs.append({"method": method, "budget": budget, "seed": seed, "positions": positions,
+                         "recipe_name": recipe, "steps": plan.recipe.steps_for(recipe, len(positions), n)})
     return jobs
 
 
@@ -323,9 +345,10 @@ def run_jobs(jobs: list[dict[str, Any]], plan: Plan, inputs_key: str, cache_path
     todo = []
     for index, job in enumerate(jobs):
         job["recipe"] = recipe
-        job["key"] = sha256_json({"inputs": inputs_key, "recipe": recipe, "seed": job["seed"],
+        job["key"] = sha256_json({"inputs": inputs_key, "recipe": recipe, "steps": job["steps"], "seed": job["seed"],
                                   "positions": [int(p) for p in job["positions"]]})
-        path = runs_dir / f"{job['method']}_{job['budget']:g}_{job['seed']}.json"
+        suffix = "" if job["method"] == FULL or job["recipe_name"] == "steps" else f"_{job['recipe_name']}"
+        path = runs_dir / f"{job['method']}_{job['budget']:g}_{job['seed']}{suffix}.json"
         job["path"] = str(path)
         if path.is_file():
             saved = json.loads(path.read_text())
@@ -350,7 +373,8 @@ def run_jobs(jobs: list[dict[str, Any]], plan: Plan, inputs_key: str, cache_path
             write_json(Path(jobs[index]["path"]), result)
             results[index] = result
             rate = (time.perf_counter() - started) / done
-            say(f"bench: [{done}/{len(todo)}] {result['method']} {result['budget']:g} seed {result['seed']}: "
+            say(f"bench: [{done}/{len(todo)}] {result['method']} {result['budget']:g} seed {result['seed']}"
+                + ("" if result["method"] == FULL else f" (equal {result['recipe']})") + ": "
                 f"average {result['average']:.1f} ({result['records']} records, {result['steps']} steps, "
                 f"{result['train_seconds']:.0f}+{result['eval_seconds']:.0f} s; ETA {rate * (len(todo) - done):.0f} s)")
 
@@ -457,17 +481,25 @@ def run_bench(out: Path, inputs: Inputs, plan: Plan, base_settings: BaseSettings
         torch.save(encoded, cache_path.with_suffix(".tmp"))
         os.replace(cache_path.with_suffix(".tmp"), cache_path)
 
-    signals, selection_timing, selection_dir = compute_signals(inputs, out, base_dir, keys["selection_inputs"],
-                                                               encoded["items"], selection, main_threads)
+    per_seed, selection_timings, selection_dirs = [], [], []
+    for seed in range(plan.seeds):
+        signals, seed_timing, seed_dir = compute_signals(inputs, out, base_dir, keys["selection_inputs"],
+                                                         encoded["items"], selection, main_threads, seed)
+        per_seed.append(signals)
+        selection_timings.append(seed_timing)
+        selection_dirs.append(seed_dir)
+    signals = per_seed[0]
+    selection_timing = {name: round(sum(t.get(name, 0.0) for t in selection_timings), 1)
+                        for name in selection_timings[0]}
     started = time.perf_counter()
-    jobs = plan_jobs(plan, signals)
+    jobs = plan_jobs(plan, per_seed)
     selection_timing["choose_all_subsets"] = _elapsed(started)
     timing["selection"] = selection_timing
     del encoded
 
     results = run_jobs(jobs, plan, keys["encoded"], cache_path, base_dir, out / "runs")
-    shares = {f"{job['method']}_{job['budget']:g}_{job['seed']}": task_shares(signals, job["positions"])
-              for job in jobs}
+    shares = {f"{job['method']}_{job['budget']:g}_{job['seed']}": task_shares(per_seed[job["seed"]], job["positions"])
+              for job in jobs if job["recipe_name"] == plan.recipes[0]}
     timing["training"] = {
         "runs": len(results),
         "train_seconds_total": round(sum(r["train_seconds"] for r in results), 1),
@@ -479,7 +511,8 @@ def run_bench(out: Path, inputs: Inputs, plan: Plan, base_settings: BaseSettings
         "benchmarks": names,
         "chance": {b.name: chance_level(b) for b in benchmarks},
         "runs": [
-            {"method": r["method"], "budget": r["budget"], "seed": r["seed"], "scores": r["scores"],
+            {"method": r["method"], "budget": r["budget"], "seed": r["seed"], "recipe": r["recipe"],
+             "scores": r["scores"],
              "average": r["average"], "records": r["records"], "steps": r["steps"],
              "train_seconds": r["train_seconds"], "eval_seconds": r["eval_seconds"]}
             for r in results
@@ -489,13 +522,14 @@ def run_bench(out: Path, inputs: Inputs, plan: Plan, base_settings: BaseSettings
                    "world": inputs.world, "eval_seen_in_training": seen},
         "plan": {"budgets": list(plan.budgets), "seeds": list(range(plan.seeds)),
                  "ablation_budget": plan.ablation_budget, "ablations": list(plan.ablations),
-                 "recipe": asdict(plan.recipe)},
+                 "recipes": list(plan.recipes), "recipe": asdict(plan.recipe)},
         "base_model": {k: v for k, v in base_info.items() if k not in ("key", "cached")},
         "selection": asdict(selection),
         "task_values": signals.task_values,
+        "task_values_per_seed": [seed_signals.task_values for seed_signals in per_seed],
         "task_sizes": signals.task_sizes,
         "task_shares": shares,
-        "caches": {"keys": keys, "encoded": str(cache_path), "selection": str(selection_dir)},
+        "caches": {"keys": keys, "encoded": str(cache_path), "selection": [str(d) for d in selection_dirs]},
         "timing": timing,
     }
     output["at_chance"] = chance_summary(output)

@@ -40,7 +40,8 @@ def evaluate(model: Any, processor: Any, benchmarks: list[dict[str, Any]]) -> di
 
 
 def run_job(job: dict[str, Any]) -> dict[str, Any]:
-    """Fine-tune on job['positions'] with job['recipe'] and job['seed']; evaluate; return scores and timings."""
+    """Fine-tune on job['positions'] for job['steps'] steps with job['recipe'] and job['seed']; evaluate; return
+    scores and timings."""
     import torch
 
     from tive.bench.model import fresh_copy, train_model
@@ -53,7 +54,7 @@ def run_job(job: dict[str, Any]) -> dict[str, Any]:
     started = time.perf_counter()
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(job["seed"])
-        losses = train_model(model, _STATE["processor"], items, steps=recipe.total_steps(len(items)),
+        losses = train_model(model, _STATE["processor"], items, steps=int(job["steps"]),
                              batch_size=recipe.batch_size, learning_rate=recipe.learning_rate, seed=job["seed"],
                              freeze_vision=recipe.freeze_vision)
     trained = time.perf_counter()
@@ -62,6 +63,7 @@ def run_job(job: dict[str, Any]) -> dict[str, Any]:
     return {
         "method": job["method"],
         "budget": job["budget"],
+        "recipe": job["recipe_name"],
         "seed": job["seed"],
         "records": len(items),
         "steps": len(losses),
