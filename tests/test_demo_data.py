@@ -17,9 +17,7 @@ from tive.demo_data import (
     BACKGROUNDS,
     COLORS,
     DEMO_TASKS,
-    IMAGE_TOKEN,
     SHAPES,
-    Example,
     TaskSpec,
     make_box,
     make_color,
@@ -27,6 +25,7 @@ from tive.demo_data import (
     make_demo_dataset,
     task_sizes,
 )
+from tive.synthetic import IMAGE_TOKEN, Example
 
 N = 600
 BOX_RE = re.compile(r"^\[(\d\.\d\d), (\d\.\d\d), (\d\.\d\d), (\d\.\d\d)\]$")

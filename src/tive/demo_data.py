@@ -15,20 +15,17 @@ adding a task leaves the others' records unchanged (only the shuffled order of t
 
 from __future__ import annotations
 
-import functools
-import io
-import json
-import os
 import zlib
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable
 
 import numpy as np
-from PIL import Image, ImageDraw, ImageFont
+from PIL import Image, ImageDraw
+
+from tive.synthetic import Example, font, named_rng, split_by_weight, to_records, write_records_json
 
 IMAGE_SIZE = 64
-IMAGE_TOKEN = "<image>"
 
 COLORS: dict[str, tuple[int, int, int]] = {
     "red": (220, 30, 30),
@@ -57,24 +54,6 @@ class Shape:
     kind: str
     color: str
     box: Box
-
-
-@dataclass
-class Example:
-    """One generated record before it is written.
-
-    Attributes:
-        turns: (question, answer) pairs; the image placeholder is added to the first question by the writer.
-        image: the drawing, or None for a text-only record.
-        image_key: the image's file name (without extension) inside the task's folder; examples with the same
-            key share one file (the task hands them the same image).
-        truth: the ground truth the answers were made from (shapes, target, count, ...), for tests and debugging.
-    """
-
-    turns: list[tuple[str, str]]
-    image: Image.Image | None = None
-    image_key: str | None = None
-    truth: dict[str, Any] = field(default_factory=dict)
 
 
 @dataclass(frozen=True)
@@ -238,14 +217,6 @@ def make_count(rng: np.random.Generator, n: int) -> list[Example]:
     return examples
 
 
-@functools.lru_cache(maxsize=None)
-def _font(size: int) -> ImageFont.FreeTypeFont | ImageFont.ImageFont:
-    try:
-        return ImageFont.load_default(size=size)
-    except (TypeError, OSError):  # Pillow < 10.1 or built without FreeType: the small bitmap font
-        return ImageFont.load_default()
-
-
 def make_digits(rng: np.random.Generator, n: int) -> list[Example]:
     """A digit 0-9 with random size, offset and colour; asks which digit it is."""
     examples = []
@@ -255,11 +226,11 @@ def make_digits(rng: np.random.Generator, n: int) -> list[Example]:
         background = _choice(rng, BACKGROUNDS)
         image = _canvas(background)
         draw = ImageDraw.Draw(image)
-        font = _font(int(rng.integers(30, 47)))
-        left, top, right, bottom = draw.textbbox((0, 0), str(digit), font=font)
+        glyphs = font(int(rng.integers(30, 47)))
+        left, top, right, bottom = draw.textbbox((0, 0), str(digit), font=glyphs)
         x = (IMAGE_SIZE - (right - left)) / 2 - left + int(rng.integers(-6, 7))
         y = (IMAGE_SIZE - (bottom - top)) / 2 - top + int(rng.integers(-6, 7))
-        draw.text((x, y), str(digit), fill=COLORS[color], font=font)
+        draw.text((x, y), str(digit), fill=COLORS[color], font=glyphs)
         question = _choice(
             rng, ("What digit is shown?", "Which number is written in the image?", "Read the digit in the picture.")
         )
@@ -375,33 +346,13 @@ DEMO_TASKS: list[TaskSpec] = [
 
 
 def task_sizes(tasks: list[TaskSpec], n_records: int) -> dict[str, int]:
-    """Splits n_records over the tasks by weight (largest remainder, ties to the earlier task); sums exactly."""
-    total = sum(t.weight for t in tasks)
-    if total <= 0 or any(t.weight < 0 for t in tasks):
-        raise ValueError("task weights must be non-negative with a positive sum")
-    quotas = [t.weight / total * n_records for t in tasks]
-    sizes = [int(q) for q in quotas]
-    order = sorted(range(len(tasks)), key=lambda j: (-(quotas[j] - sizes[j]), j))
-    for j in order[: n_records - sum(sizes)]:
-        sizes[j] += 1
-    return {t.name: s for t, s in zip(tasks, sizes)}
+    """Splits n_records over the tasks by weight (largest remainder, ties by name); sums exactly."""
+    return split_by_weight({t.name: t.weight for t in tasks}, n_records)
 
 
 def task_rng(seed: int, name: str) -> np.random.Generator:
     """The task's own generator: depends on the seed and the task name only."""
-    return np.random.default_rng([seed, zlib.crc32(name.encode())])
-
-
-def _write_atomic(path: Path, data: bytes) -> None:
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_bytes(data)
-    os.replace(tmp, path)
-
-
-def _png_bytes(image: Image.Image) -> bytes:
-    buffer = io.BytesIO()
-    image.save(buffer, format="PNG")
-    return buffer.getvalue()
+    return named_rng(seed, name)
 
 
 def make_demo_dataset(
@@ -435,34 +386,12 @@ def make_demo_dataset(
         if n_task == 0:
             continue
         examples = task.make(task_rng(seed, task.name), n_task)
-        placement_rng = task_rng(seed, task.name + "/placement")
         if len(examples) != n_task:
             raise ValueError(f"task {task.name!r} made {len(examples)} examples, asked for {n_task}")
-        written: set[str] = set()
-        for number, example in enumerate(examples):
-            record: dict[str, Any] = {"id": f"{task.name}-{number}", "dataset": task.name}
-            first_question = example.turns[0][0]
-            if example.image is not None:
-                key = example.image_key if example.image_key is not None else f"{number:05d}"
-                relative = f"{task.name}/{key}.png"
-                if relative not in written:
-                    (image_root / task.name).mkdir(parents=True, exist_ok=True)
-                    _write_atomic(image_root / relative, _png_bytes(example.image))
-                    written.add(relative)
-                record["image"] = relative
-                if placement_rng.random() < 0.75:
-                    first_question = f"{IMAGE_TOKEN}\n{first_question}"
-                else:
-                    first_question = f"{first_question}\n{IMAGE_TOKEN}"
-            conversations = []
-            for index, (question, answer) in enumerate(example.turns):
-                conversations.append({"from": "human", "value": first_question if index == 0 else question})
-                conversations.append({"from": "gpt", "value": answer})
-            record["conversations"] = conversations
-            records.append(record)
+        records += to_records(examples, task.name, image_root, task=task.name,
+                              placement=task_rng(seed, task.name + "/placement"), image_before=0.75)
     order = np.random.default_rng([seed, zlib.crc32(b"order")]).permutation(len(records))
     records = [records[int(i)] for i in order]
-    out_dir.mkdir(parents=True, exist_ok=True)
     json_path = out_dir / "demo.json"
-    _write_atomic(json_path, (json.dumps(records, indent=1, ensure_ascii=False) + "\n").encode("utf-8"))
+    write_records_json(json_path, records)
     return json_path

@@ -35,6 +35,7 @@ __all__ = [
     "parse_budget",
     "budget_count",
     "split_budget",
+    "largest_remainder",
     "choose_instances",
     "choose_diverse",
     "reduce_features",
@@ -148,7 +149,7 @@ def budget_count(budget: float | int, n_eligible: int) -> int:
     raise TiveError(f"budget {budget!r} is not valid; give {_BUDGET_FORMS}")
 
 
-def _largest_remainder(shares: Mapping[str, Fraction], total: int) -> dict[str, int]:
+def largest_remainder(shares: Mapping[str, Fraction], total: int) -> dict[str, int]:
     """Round exact shares that sum to ``total`` to integers that sum to ``total``.
 
     Each share is floored; the units still missing go one each to the largest fractional parts, ties
@@ -250,7 +251,7 @@ def split_budget(
     if oversample:
         value_sum = sum(values[name] for name in live)
         shares = {name: Fraction(total) * values[name] / value_sum for name in live}
-        budgets.update(_largest_remainder(shares, total))
+        budgets.update(largest_remainder(shares, total))
         return budgets
 
     capacity = sum(sizes[name] for name in live)
@@ -282,7 +283,7 @@ def split_budget(
         zero = [name for name in live if values[name] == 0]
         zero_capacity = sum(sizes[name] for name in zero)
         shares = {name: remaining * sizes[name] / zero_capacity for name in zero} if remaining else {}
-    budgets.update(_largest_remainder(shares, int(remaining)))
+    budgets.update(largest_remainder(shares, int(remaining)))
     return budgets
 
 

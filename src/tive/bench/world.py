@@ -41,22 +41,20 @@ from __future__ import annotations
 
 import functools
 import hashlib
-import io
 import json
-import os
-import zlib
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import numpy as np
-from PIL import Image, ImageDraw, ImageFont
+from PIL import Image, ImageDraw
 
 from tive.bench.options import check_fields
 from tive.config import opt
 from tive.demo_data import COLORS, SHAPES, Shape, draw_scene
 from tive.errors import TiveError
+from tive.synthetic import Example, font, named_rng, split_by_weight, to_records, write_bytes, write_records_json
 
 IMAGE_SIZE = 64
 GRID = 3
@@ -164,11 +162,6 @@ def box_text(box: tuple[int, int, int, int]) -> str:
 # ---------------------------------------------------------------------------------------------- numbers
 
 
-@functools.lru_cache(maxsize=None)
-def _font(size: int) -> Any:
-    return ImageFont.load_default(size=size)
-
-
 @functools.lru_cache(maxsize=1)
 def _handwritten() -> tuple[np.ndarray, np.ndarray]:
     """sklearn's 1,797 handwritten digits (8x8, 0..16), shipped inside the package."""
@@ -209,11 +202,11 @@ def draw_number(rng: np.random.Generator, style: str, held_out: bool = False) ->
     ink = np.asarray(COLORS[color], dtype=np.float32)
     if style == "printed":
         draw = ImageDraw.Draw(image)
-        font = _font(int(rng.integers(28, 40)))
-        left, top, right, bottom = draw.textbbox((0, 0), str(number), font=font)
+        glyphs = font(int(rng.integers(28, 40)))
+        left, top, right, bottom = draw.textbbox((0, 0), str(number), font=glyphs)
         x = (IMAGE_SIZE - (right - left)) / 2 - left + int(rng.integers(-5, 6))
         y = (IMAGE_SIZE - (bottom - top)) / 2 - top + int(rng.integers(-5, 6))
-        draw.text((x, y), str(number), fill=COLORS[color], font=font)
+        draw.text((x, y), str(number), fill=COLORS[color], font=glyphs)
     else:
         images, _ = _handwritten()
         pool = _handwritten_pool(held_out)
@@ -394,17 +387,6 @@ def number_caption(info: NumberImage) -> str:
 
 
 # ------------------------------------------------------------------------------------------------- records
-
-
-@dataclass
-class Example:
-    """One record before writing: turns (question, answer), its image and the image's key within its folder."""
-
-    turns: list[tuple[str, str]]
-    image: Image.Image | None = None
-    image_key: str | None = None
-    metric: str | None = None
-    extra: dict[str, Any] = field(default_factory=dict)
 
 
 def _short(question: str) -> str:
@@ -591,7 +573,7 @@ def bench_vqav2(rng: np.random.Generator, n: int) -> list[Example]:
     for i in range(n):
         scene = make_scene(rng, 1, 3)
         question, short, _ = ask(rng, scene, skills)
-        out.append(Example([(_short(question), short)], scene.image(), f"{i:05d}", "exact"))
+        out.append(Example([(_short(question), short)], scene.image(), f"{i:05d}", metric="exact"))
     return out
 
 
@@ -600,7 +582,7 @@ def bench_gqa(rng: np.random.Generator, n: int) -> list[Example]:
     for i in range(n):
         scene = make_scene(rng, 3, 5)
         question, short, _ = ask(rng, scene, (skill_relation,))
-        out.append(Example([(_short(question), short)], scene.image(), f"{i:05d}", "exact"))
+        out.append(Example([(_short(question), short)], scene.image(), f"{i:05d}", metric="exact"))
     return out
 
 
@@ -609,7 +591,7 @@ def bench_textvqa(rng: np.random.Generator, n: int) -> list[Example]:
     for i in range(n):
         info, image = draw_number(rng, "printed" if i % 2 == 0 else "handwritten", held_out=True)
         question = _pick(rng, ("What number is written here?", "What is the number in the image?"))
-        out.append(Example([(_short(question), info.text)], image, f"{i:05d}", "exact"))
+        out.append(Example([(_short(question), info.text)], image, f"{i:05d}", metric="exact"))
     return out
 
 
@@ -624,7 +606,7 @@ def bench_pope(rng: np.random.Generator, n: int) -> list[Example]:
             kind, color = _absent_pair(rng, scene, hard=i % 4 == 1)
             answer = "no"
         out.append(Example([(_short(f"Is there a {color} {kind} in the image?"), answer)], scene.image(), f"{i:05d}",
-                           "exact"))
+                           metric="exact"))
     return out
 
 
@@ -648,7 +630,7 @@ def bench_mmbench(rng: np.random.Generator, n: int) -> list[Example]:
             scene = make_scene(rng, 1, 4)
             image = scene.image()
             question, letter = mc_about_scene(rng, scene)
-        out.append(Example([(question, letter)], image, f"{i:05d}", "option"))
+        out.append(Example([(question, letter)], image, f"{i:05d}", metric="option"))
     return out
 
 
@@ -657,7 +639,7 @@ def bench_refcoco(rng: np.random.Generator, n: int) -> list[Example]:
     for i in range(n):
         scene = make_scene(rng, 2, 4)
         item = _pick(rng, scene.items)
-        out.append(Example([(f"{GROUND}the {item.name}.", box_text(item.box))], scene.image(), f"{i:05d}", "iou"))
+        out.append(Example([(f"{GROUND}the {item.name}.", box_text(item.box))], scene.image(), f"{i:05d}", metric="iou"))
     return out
 
 
@@ -693,21 +675,7 @@ def align_examples(rng: np.random.Generator, n: int) -> list[Example]:
 # ---------------------------------------------------------------------------------------------------- writer
 
 
-def world_rng(seed: int, name: str) -> np.random.Generator:
-    """The generator of one task / benchmark: depends on the world seed and the name only."""
-    return np.random.default_rng([seed, zlib.crc32(name.encode())])
-
-
-def split_sizes(weights: dict[str, float], total: int) -> dict[str, int]:
-    """Split `total` by weight with largest remainders (ties: name order), summing exactly."""
-    names = list(weights)
-    wsum = sum(weights.values())
-    quotas = {k: weights[k] / wsum * total for k in names}
-    sizes = {k: int(quotas[k]) for k in names}
-    order = sorted(names, key=lambda k: (-(quotas[k] - sizes[k]), k))
-    for k in order[: total - sum(sizes.values())]:
-        sizes[k] += 1
-    return sizes
+world_rng = named_rng  # one generator per task / benchmark: depends on the world seed and the name only
 
 
 def pixel_digest(image: Image.Image) -> str:
@@ -723,50 +691,6 @@ def drop_seen(examples: list[Example], seen: set[str]) -> tuple[list[Example], i
     possible, e.g. one shape at the same place; none occurred at the default and --quick sizes of seeds 0-3)."""
     kept = [e for e in examples if e.image is None or pixel_digest(e.image) not in seen]
     return kept, len(examples) - len(kept)
-
-
-def _png(image: Image.Image) -> bytes:
-    buffer = io.BytesIO()
-    image.save(buffer, format="PNG")
-    return buffer.getvalue()
-
-
-def _write(path: Path, data: bytes) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_bytes(data)
-    os.replace(tmp, path)
-
-
-def _records(examples: list[Example], folder: str, task: str | None, image_root: Path,
-             placement: np.random.Generator | None) -> list[dict[str, Any]]:
-    records = []
-    written: set[str] = set()
-    for number, example in enumerate(examples):
-        record: dict[str, Any] = {"id": f"{folder.replace('/', '-')}-{number}"}
-        if task is not None:
-            record["dataset"] = task
-        first = example.turns[0][0]
-        if example.image is not None:
-            relative = f"{folder}/{example.image_key}.png"
-            if relative not in written:
-                _write(image_root / relative, _png(example.image))
-                written.add(relative)
-            record["image"] = relative
-            first = f"{first}\n<image>" if placement is not None and placement.random() < 0.2 else f"<image>\n{first}"
-        conversations = []
-        for k, (question, answer) in enumerate(example.turns):
-            conversations.append({"from": "human", "value": first if k == 0 else question})
-            conversations.append({"from": "gpt", "value": answer})
-        record["conversations"] = conversations
-        if example.metric is not None:
-            record["metric"] = example.metric
-        records.append(record)
-    return records
-
-
-def _dump(path: Path, records: list[dict[str, Any]]) -> None:
-    _write(path, (json.dumps(records, indent=1, ensure_ascii=False) + "\n").encode("utf-8"))
 
 
 @dataclass(frozen=True)
@@ -792,7 +716,7 @@ def world_config(seed: int, sizes: WorldSizes) -> dict[str, Any]:
         "sizes": {"train": sizes.train, "align": sizes.align, "eval": sizes.eval},
         "tasks": {t.name: t.redundancy for t in WORLD_TASKS},
         "benchmarks": sorted(BENCHMARKS),
-        "version": 1,
+        "version": 2,
     }
 
 
@@ -811,27 +735,25 @@ def write_world(out_dir: Path | str, seed: int, sizes: WorldSizes | None = None)
             return _absolute(out_dir, old)
         raise TiveError(f"{out_dir}: holds a world made with other settings; use another --out directory")
     image_root = out_dir / "images"
-    task_sizes = split_sizes({t.name: t.weight for t in WORLD_TASKS}, sizes.train)
+    task_sizes = split_by_weight({t.name: t.weight for t in WORLD_TASKS}, sizes.train)
     train: list[dict[str, Any]] = []
     seen: set[str] = set()  # pixel digests of every training and alignment image
     for task in WORLD_TASKS:
         examples = task.make(world_rng(seed, task.name), task_sizes[task.name])
         seen |= {pixel_digest(e.image) for e in examples if e.image is not None}
-        train += _records(examples, f"train/{task.name}", task.name, image_root, world_rng(seed, task.name + "/placement"))
+        train += to_records(examples, f"train/{task.name}", image_root, task=task.name,
+                            placement=world_rng(seed, task.name + "/placement"), image_before=0.8)
     order = world_rng(seed, "train/order").permutation(len(train))
     train = [train[int(i)] for i in order]
-    _dump(out_dir / "train.json", train)
+    write_records_json(out_dir / "train.json", train)
     aligned = align_examples(world_rng(seed, "align"), sizes.align)
     seen |= {pixel_digest(e.image) for e in aligned if e.image is not None}
-    align = _records(aligned, "align", None, image_root, None)
-    _dump(out_dir / "align.json", align)
+    write_records_json(out_dir / "align.json", to_records(aligned, "align", image_root))
     evals = {}
     dropped = {}
     for name, make in BENCHMARKS.items():
         examples, dropped[name] = drop_seen(make(world_rng(seed, "eval/" + name), sizes.eval), seen)
-        records = _records(examples, f"eval/{name}", None, image_root, None)
-        path = out_dir / "eval" / f"{name}.json"
-        _dump(path, records)
+        write_records_json(out_dir / "eval" / f"{name}.json", to_records(examples, f"eval/{name}", image_root))
         evals[name] = f"eval/{name}.json"
     info = {
         "config": config,
@@ -844,7 +766,7 @@ def write_world(out_dir: Path | str, seed: int, sizes: WorldSizes | None = None)
         "task_sizes": task_sizes,
         "eval_dropped_as_seen": {name: n for name, n in dropped.items() if n},
     }
-    _write(marker, (json.dumps(info, indent=1) + "\n").encode())  # last: the world's completion marker
+    write_bytes(marker, (json.dumps(info, indent=1) + "\n").encode())  # last: the world's completion marker
     return _absolute(out_dir, info)
 
 
