@@ -49,23 +49,10 @@ def _tie_bag_of_words_head() -> None:
     import tive.bench.model as bench_model
 
     def pretrain_vision(model, processor, records, items, *, steps, batch_size, learning_rate, seed):
-        tokenizer = processor.tokenizer
-        vocab = len(tokenizer)
-        pixels, token_sets = [], []
-        for record, item in zip(records, items):
-            if len(record.images) == 1 and "pixel_values" in item:
-                words = " ".join(t.text() for t in record.turns if t.role == "assistant")
-                pixels.append(item["pixel_values"])
-                token_sets.append(set(tokenizer(words, add_special_tokens=False)["input_ids"]))
-        if not pixels or steps < 1:
+        data = bench_model.bag_of_words_data(processor, records, items)
+        if data is None or steps < 1:
             return []
-        frequency = torch.zeros(vocab)
-        for tokens in token_sets:
-            frequency[list(tokens)] += 1
-        content = frequency <= 0.5 * len(token_sets)
-        target_matrix = torch.stack([torch.zeros(vocab).index_fill(0, torch.tensor(sorted(t)), 1.0) * content
-                                     for t in token_sets])
-        pixel_values = torch.cat(pixels)
+        pixel_values, target_matrix = data
         inner, embed = model.model, model.get_input_embeddings()
         scale = torch.nn.Parameter(torch.tensor(1.0))
         params = [*inner.vision_tower.parameters(), *inner.multi_modal_projector.parameters(), *embed.parameters(),

@@ -132,3 +132,46 @@ def test_methods_that_need_features_say_so() -> None:
     for method in ("tive_diverse", "clusters"):
         with pytest.raises(TiveError, match="needs the reference model's gradient features"):
             choose_subset(method, signals, 0.15, 0)
+
+
+def _three_tasks() -> Signals:
+    # A big task of easy records, a small task of hard ones, a middle one: the paper's rule follows the mean norm.
+    tasks = ["big"] * 600 + ["small"] * 100 + ["mid"] * 300
+    norms = np.array([1.0] * 600 + [4.0] * 100 + [2.0] * 300)
+    return Signals(tasks=tasks, grad_norms=norms, values=np.zeros(1000), task_values={"big": 1, "mid": 2, "small": 4},
+                   el2n=np.zeros(1000), answer_tokens=np.ones(1000))
+
+
+def test_allocation_rules_give_the_documented_task_values() -> None:
+    from tive.bench.methods import ALLOCATIONS, allocation_values
+
+    s = _three_tasks()
+    assert allocation_values(s, "norm") == {"big": 1.0, "mid": 2.0, "small": 4.0}
+    assert allocation_values(s, "sqnorm") == {"big": 1.0, "mid": 4.0, "small": 16.0}
+    assert allocation_values(s, "sum") == {"big": 600.0, "mid": 600.0, "small": 400.0}
+    assert allocation_values(s, "size") == {"big": 600.0, "mid": 300.0, "small": 100.0}
+    mix = allocation_values(s, "mix")
+    assert mix["big"] == pytest.approx(0.5 * 1 / 7 + 0.5 * 0.6)
+    floor = allocation_values(s, "floor")
+    assert floor["big"] == pytest.approx(0.3) and floor["small"] == pytest.approx(4 / 7)
+    with pytest.raises(TiveError, match="unknown allocation"):
+        allocation_values(s, "nope")
+    assert set(ALLOCATIONS) == {"norm", "sqnorm", "sum", "size", "mix", "floor"}
+    # The subsets follow: under the paper's rule the small hard task gets the largest share, under size the least.
+    import dataclasses
+
+    paper = task_shares(s, choose_subset("tive", s, 0.2, 0))
+    by_size = task_shares(s, choose_subset("tive", dataclasses.replace(s, task_values=allocation_values(s, "size")),
+                                           0.2, 0))
+    # 200 records by 1:2:4 would give the small task 114 > its 100: it is saturated, the rest split 1:2.
+    assert paper == {"big": 33, "mid": 67, "small": 100}
+    assert by_size == {"big": 120, "mid": 60, "small": 20}
+
+
+def test_excluded_tasks_get_nothing_and_the_budget_goes_elsewhere() -> None:
+    import dataclasses
+
+    s = dataclasses.replace(_three_tasks(), exclude_tasks=("small",))
+    chosen = choose_subset("tive", s, 0.2, 0)
+    shares = task_shares(s, chosen)
+    assert shares == {"big": 67, "mid": 133, "small": 0}

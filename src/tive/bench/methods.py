@@ -53,6 +53,8 @@ class Signals:
         temperature: TIVE's sampling temperature, the project's default unless overridden.
         features: the reference model's gradient features reduced for `diverse` (`tive.select.reduce_features`),
             one unit row per record; None where no method needs them.
+        exclude_tasks: tasks TIVE never selects from (the authors excluded their caption task); the budget is
+            spread over the others.
     """
 
     tasks: list[str]
@@ -64,6 +66,7 @@ class Signals:
     choose: str = DEFAULT_METHOD
     temperature: float = DEFAULT_TEMPERATURE
     features: np.ndarray | None = None
+    exclude_tasks: tuple[str, ...] = ()
     task_sizes: dict[str, int] = field(init=False)
 
     def __post_init__(self) -> None:
@@ -113,7 +116,7 @@ def _need_features(s: Signals, method: str) -> np.ndarray:
 def m_tive(s: Signals, k: int, seed: int) -> np.ndarray:
     features = _need_features(s, "tive") if s.choose == "diverse" else None
     counts, _ = select_records(s.tasks, s.values, s.task_values, k, method=s.choose, temperature=s.temperature,
-                               seed=seed, features=features)
+                               seed=seed, features=features, exclude_tasks=s.exclude_tasks)
     return _positions(counts)
 
 
@@ -230,10 +233,45 @@ def choose_subset(method: str, signals: Signals, budget: float, seed: int) -> np
     return chosen
 
 
+ALLOCATIONS = {
+    "norm": "mean gradient norm (the paper's)",
+    "sqnorm": "mean squared gradient norm",
+    "sum": "sum of gradient norms (mean norm x task size)",
+    "size": "task size (the input's shares)",
+    "mix": "half the paper's share plus half the input's share",
+    "floor": "the paper's shares, each raised to at least half the input's share, then rescaled",
+}
+"""Task-share rules for the sweep (`benchmarks/bench_tive_variants.py`): each gives task values that
+`split_budget` turns into budgets in proportion."""
+
+
+def allocation_values(s: Signals, rule: str) -> dict[str, float]:
+    """Task values under allocation `rule` (see `ALLOCATIONS`), computed from the signals' per-record norms."""
+    tasks = np.array(s.tasks)
+    norms = {t: s.grad_norms[tasks == t] for t in s.task_sizes}
+    total = sum(s.task_sizes.values())
+    paper = {t: float(v.mean()) for t, v in norms.items()}
+    paper_sum = sum(paper.values())
+    size_share = {t: n / total for t, n in s.task_sizes.items()}
+    if rule == "norm":
+        return paper
+    if rule == "sqnorm":
+        return {t: float((v ** 2).mean()) for t, v in norms.items()}
+    if rule == "sum":
+        return {t: float(v.sum()) for t, v in norms.items()}
+    if rule == "size":
+        return {t: float(n) for t, n in s.task_sizes.items()}
+    if rule == "mix":
+        return {t: 0.5 * paper[t] / paper_sum + 0.5 * size_share[t] for t in paper}
+    if rule == "floor":
+        return {t: max(paper[t] / paper_sum, 0.5 * size_share[t]) for t in paper}
+    raise TiveError(f"unknown allocation {rule!r}; choose from {', '.join(ALLOCATIONS)}")
+
+
 def task_shares(signals: Signals, positions: Sequence[int]) -> dict[str, int]:
     """How many of the chosen records each task got."""
     counts = Counter(signals.tasks[int(p)] for p in positions)
     return {task: counts.get(task, 0) for task in signals.task_sizes}
 
 
-__all__ = ["FULL", "METHODS", "Signals", "choose_subset", "task_shares", "split_budget"]
+__all__ = ["ALLOCATIONS", "FULL", "METHODS", "allocation_values", "Signals", "choose_subset", "task_shares", "split_budget"]

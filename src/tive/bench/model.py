@@ -180,13 +180,12 @@ def build_base(base_dir: Path, train: Sequence[Record], align: Sequence[Record],
     return info
 
 
-def pretrain_vision(model: Any, processor: Any, records: Sequence[Record], items: Sequence[dict[str, Any]], *,
-                    steps: int, batch_size: int, learning_rate: float, seed: int) -> list[float]:
-    """Train the vision tower + projector to predict the bag of words of each record's answers from its image.
+def bag_of_words_data(processor: Any, records: Sequence[Record], items: Sequence[dict[str, Any]]) -> Any:
+    """(pixel values, targets) of the bag-of-words phase, or None when no record has exactly one image.
 
-    A linear head on the mean of the projected image tokens gives one logit per vocabulary entry; the target is
-    the set of tokens in the record's answers (cross-entropy against the words as a distribution). Only records
-    with exactly one image take part. The head is thrown away afterwards.
+    Targets: one row per image, 1 for each token of the record's answers that tells images apart; a word in more
+    than half of the captions ("a", "the", "background") is predictable without looking and would drown the
+    signal of the content words, so it is no target.
     """
     import torch
 
@@ -199,10 +198,8 @@ def pretrain_vision(model: Any, processor: Any, records: Sequence[Record], items
         words = " ".join(t.text() for t in record.turns if t.role == "assistant")
         pixels.append(item["pixel_values"])
         token_sets.append(set(tokenizer(words, add_special_tokens=False)["input_ids"]))
-    if not pixels or steps < 1:
-        return []
-    # Only words that tell images apart are targets: a word in more than half of the captions ("a", "the",
-    # "background") is predictable without looking and would drown the signal of the content words.
+    if not pixels:
+        return None
     frequency = torch.zeros(vocab)
     for tokens in token_sets:
         frequency[list(tokens)] += 1
@@ -212,7 +209,24 @@ def pretrain_vision(model: Any, processor: Any, records: Sequence[Record], items
         target = torch.zeros(vocab)
         target[list(tokens)] = 1.0
         targets.append(target * content)
-    pixel_values, target_matrix = torch.cat(pixels), torch.stack(targets)
+    return torch.cat(pixels), torch.stack(targets)
+
+
+def pretrain_vision(model: Any, processor: Any, records: Sequence[Record], items: Sequence[dict[str, Any]], *,
+                    steps: int, batch_size: int, learning_rate: float, seed: int) -> list[float]:
+    """Train the vision tower + projector to predict the bag of words of each record's answers from its image.
+
+    A linear head on the max over the projected image tokens gives one logit per vocabulary entry; the target is
+    the set of tokens in the record's answers (cross-entropy against the words as a distribution). Only records
+    with exactly one image take part. The head is thrown away afterwards.
+    """
+    import torch
+
+    data = bag_of_words_data(processor, records, items)
+    if data is None or steps < 1:
+        return []
+    pixel_values, target_matrix = data
+    vocab = target_matrix.shape[1]
     inner = model.model
     hidden = model.config.text_config.hidden_size
     generator = torch.Generator().manual_seed(seed)

@@ -115,6 +115,8 @@ class SelectionSettings:
                                  "share of the training records in TIVE's warm-up, as `tive run`",
                                  above=0, max=1)
     lora_rank: int = opt(8, "LoRA rank of TIVE's warm-up", flag="--warmup-lora-rank", min=1)
+    lora_targets: str = opt(default_of(WarmupOptions, "lora_targets"), "modules of the language model that get "
+                            "LoRA in TIVE's warm-up, as `tive run`", flag="--warmup-lora-targets")
     learning_rate: float = opt(1e-3, "learning rate of TIVE's warm-up", flag="--warmup-learning-rate", above=0)
     epochs: int = opt(2, "epochs of TIVE's warm-up", flag="--warmup-epochs", min=1)
     proj_dim: int = opt(default_of(FeaturesOptions, "proj_dim"),
@@ -227,7 +229,8 @@ def compute_signals(inputs: Inputs, out: Path, base_dir: Path, key: str, items: 
     timing["prepare"] = _elapsed(started)
     started = time.perf_counter()
     run_warmup(run_dir, WarmupOptions(model=str(base_dir), warmup_fraction=settings.warmup_fraction,
-                                      lora_rank=settings.lora_rank, learning_rate=settings.learning_rate,
+                                      lora_rank=settings.lora_rank, lora_targets=settings.lora_targets,
+                                      learning_rate=settings.learning_rate,
                                       epochs=settings.epochs, seed=settings.seed + seed, device="cpu"))
     timing["warmup"] = _elapsed(started)
     started = time.perf_counter()

@@ -703,7 +703,7 @@ class WorldSizes:
 
     train: int = opt(4000, "training records of the built-in world", flag="--records", min=100)
     align: int = opt(1500, "alignment (caption) records of the built-in world", flag="--align-records", min=0)
-    eval: int = opt(100, "records per benchmark of the built-in world (before dropping any whose image is a "
+    eval: int = opt(600, "records per benchmark of the built-in world (before dropping any whose image is a "
                     "training or alignment image)", flag="--eval-records", min=1)
 
     def __post_init__(self) -> None:
