@@ -97,7 +97,7 @@ def main() -> None:
         ("full-data std over seeds <= 1.5", f"{summary['full_std']:.2f}", summary["full_std"] <= 1.5),
         ("random 15% std over seeds <= 2.0", f"{summary['random15_std']:.2f}" if random15 else "not run",
          bool(random15) and summary["random15_std"] <= 2.0),
-        ("each benchmark's standard error (at 50%) <= 2", ", ".join(f"{r['benchmark']} {r['standard_error']:.1f}" for r in rows),
+        ("each benchmark's standard error (at 50%) <= 2", ", ".join(f"{r['benchmark']} {r['standard_error']:.2f}" for r in rows),
          all(r["standard_error"] <= 2 for r in rows)),
         ("each control drops its benchmark >= 10",
          ", ".join(f"{d['benchmark']} {d['drop']:+.1f}" for d in drops), bool(drops) and all(d["drop"] >= 10 for d in drops)),
@@ -107,7 +107,7 @@ def main() -> None:
     lines += [f"| {t} | {m} | {'yes' if ok else 'no'} |" for t, m, ok in checks]
     lines += ["", "| benchmark | items | full data (std) | chance | above chance | standard error at 50% |", "|---|---|---|---|---|---|"]
     lines += [f"| {r['benchmark']} | {r['items']} | {r['full']:.1f} ({r['full_std']:.1f}) | {r['chance']:.1f} | "
-              f"{r['above_chance']:+.1f} | {r['standard_error']:.1f} |" for r in rows]
+              f"{r['above_chance']:+.1f} | {r['standard_error']:.2f} |" for r in rows]
     lines += ["", "| control: full data without | benchmark | full data | control | drop |", "|---|---|---|---|---|"]
     lines += [f"| {d['removed_task']} | {d['benchmark']} | {full_scores[d['benchmark']]:.1f} | {d['control']:.1f} | "
               f"{d['drop']:+.1f} |" for d in drops]
