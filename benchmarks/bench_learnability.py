@@ -3,7 +3,7 @@
     python benchmarks/bench_learnability.py --out DIR [--records 4000] [--steps 300] [--image-size 32 --patch 8]
         [--hidden 128 --layers 2] [--vision-steps 800 --align 1500] [--learning-rate 2e-3] [--tied-embeddings]
 
-The instrument `tive bench` needs (issue: full data ≥ 50 on average, every benchmark ≥ 10 points above chance)
+The instrument `tive bench` needs to be (full data ≥ 50 on average, every benchmark ≥ 10 points above chance)
 depends on what the tiny model can learn, so this script isolates that question from the selection methods: it
 writes the built-in world, pre-trains the base (the bench's own `build_base`, optionally with a wider language
 model, another image size / patch size, or the bag-of-words head tied to the language model's input embeddings),
@@ -20,7 +20,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import tempfile
 import time
 from collections import Counter
 from pathlib import Path
@@ -181,7 +180,8 @@ def main() -> None:
                                                                       vision_steps=args.vision_steps,
                                                                       epochs=args.base_epochs), say=print)
     base, processor = load_base(out / "base")
-    folder = Path(tempfile.mkdtemp(prefix="learnability-"))
+    folder = out / "prompt_images"  # the fresh images the captions and skills are asked about
+    folder.mkdir(parents=True, exist_ok=True)
     rng = np.random.default_rng(123)
     scenes = [make_scene(rng, 1, 3) for _ in range(30)]
     captions = generate(base, processor, [_prompt(processor, folder, k, s.image(), "Give a short caption.")
