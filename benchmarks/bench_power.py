@@ -77,10 +77,13 @@ def main() -> None:
         chance = results["chance"][name]
         rows.append({"benchmark": name, "items": sizes[name], "full": full_scores[name],
                      "full_std": std([r["scores"][name] for r in full]), "chance": chance,
-                     "above_chance": full_scores[name] - chance, "standard_error": 50 / math.sqrt(sizes[name])})
-    drops = [{"benchmark": job["benchmark"], "removed_task": job["method"][len("full_minus_"):],
-              "control": run["scores"][job["benchmark"]], "drop": full_scores[job["benchmark"]] - run["scores"][job["benchmark"]]}
-             for job, run in zip(jobs, controls)]
+                     "above_chance": full_scores[name] - chance,
+                     "standard_error": 50 / math.sqrt(sizes[name])})
+    drops = []
+    for job, run in zip(jobs, controls):
+        bench = job["benchmark"]
+        drops.append({"benchmark": bench, "removed_task": job["method"][len("full_minus_"):],
+                      "control": run["scores"][bench], "drop": full_scores[bench] - run["scores"][bench]})
     summary = {
         "full_average": full_average,
         "full_std": std([r["average"] for r in full]),
@@ -93,19 +96,23 @@ def main() -> None:
     checks = [
         ("full-data average >= 50", f"{full_average:.1f}", full_average >= 50),
         ("no benchmark within 10 points of chance",
-         ", ".join(f"{r['benchmark']} {r['above_chance']:+.1f}" for r in rows), all(r["above_chance"] >= 10 for r in rows)),
+         ", ".join(f"{r['benchmark']} {r['above_chance']:+.1f}" for r in rows),
+         all(r["above_chance"] >= 10 for r in rows)),
         ("full-data std over seeds <= 1.5", f"{summary['full_std']:.2f}", summary["full_std"] <= 1.5),
         ("random 15% std over seeds <= 2.0", f"{summary['random15_std']:.2f}" if random15 else "not run",
          bool(random15) and summary["random15_std"] <= 2.0),
-        ("each benchmark's standard error (at 50%) <= 2", ", ".join(f"{r['benchmark']} {r['standard_error']:.2f}" for r in rows),
+        ("each benchmark's standard error (at 50%) <= 2",
+         ", ".join(f"{r['benchmark']} {r['standard_error']:.2f}" for r in rows),
          all(r["standard_error"] <= 2 for r in rows)),
         ("each control drops its benchmark >= 10",
-         ", ".join(f"{d['benchmark']} {d['drop']:+.1f}" for d in drops), bool(drops) and all(d["drop"] >= 10 for d in drops)),
+         ", ".join(f"{d['benchmark']} {d['drop']:+.1f}" for d in drops),
+         bool(drops) and all(d["drop"] >= 10 for d in drops)),
     ]
     summary["checks"] = [{"target": t, "measured": m, "met": ok} for t, m, ok in checks]
     lines = ["| target | measured | met |", "|---|---|---|"]
     lines += [f"| {t} | {m} | {'yes' if ok else 'no'} |" for t, m, ok in checks]
-    lines += ["", "| benchmark | items | full data (std) | chance | above chance | standard error at 50% |", "|---|---|---|---|---|---|"]
+    lines += ["", "| benchmark | items | full data (std) | chance | above chance | standard error at 50% |",
+              "|---|---|---|---|---|---|"]
     lines += [f"| {r['benchmark']} | {r['items']} | {r['full']:.1f} ({r['full_std']:.1f}) | {r['chance']:.1f} | "
               f"{r['above_chance']:+.1f} | {r['standard_error']:.2f} |" for r in rows]
     lines += ["", "| control: full data without | benchmark | full data | control | drop |", "|---|---|---|---|---|"]

@@ -274,4 +274,5 @@ def task_shares(signals: Signals, positions: Sequence[int]) -> dict[str, int]:
     return {task: counts.get(task, 0) for task in signals.task_sizes}
 
 
-__all__ = ["ALLOCATIONS", "FULL", "METHODS", "allocation_values", "Signals", "choose_subset", "task_shares", "split_budget"]
+__all__ = ["ALLOCATIONS", "FULL", "METHODS", "allocation_values", "Signals", "choose_subset", "task_shares",
+           "split_budget"]
