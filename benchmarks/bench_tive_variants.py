@@ -119,12 +119,11 @@ def sweep_world(root: Path, world_seed: int, args: argparse.Namespace) -> dict[s
         if seed == 0:
             for method in ("tive", "random"):
                 shares[method] = task_shares(base_signals, choose_subset(method, base_signals, args.budget, 0))
-            sizes = base_signals.task_sizes
     runs = run_jobs(jobs, plan, keys["encoded"], cache_path, base_dir, out / "runs_variants")
     scores: dict[str, list[float]] = {}
     for run in [*results["runs"], *runs]:
         scores.setdefault(run["method"], []).append(run["average"])
-    return {"world_seed": world_seed, "averages": scores, "task_shares": shares, "task_sizes": sizes,
+    return {"world_seed": world_seed, "averages": scores, "task_shares": shares, "task_sizes": results["task_sizes"],
             "chance": results["chance"], "at_chance": results.get("at_chance")}
 
 
@@ -191,6 +190,8 @@ def main() -> None:
     unknown = [v for v in args.variants if v not in (*SELECTION_VARIANTS, *STAGE_VARIANTS)]
     if unknown:
         parser.error(f"unknown variant {unknown[0]!r}")
+    if args.seeds < 2:
+        parser.error("--seeds must be at least 2: the decision rule compares a gain with the spread over seeds")
     started = time.perf_counter()
     worlds = []
     for text in args.world_seeds.split(","):

@@ -33,6 +33,15 @@ def atomic_path(path: Path | str) -> Iterator[Path]:
 
 
 def _umask() -> int:
+    """The process's umask, read from /proc where the kernel shows it: setting it to read it (the only portable
+    way) leaves a moment where another thread's new files get no mask."""
+    try:
+        with open("/proc/self/status", encoding="ascii") as status:
+            for line in status:
+                if line.startswith("Umask:"):
+                    return int(line.split()[1], 8)
+    except (OSError, ValueError):
+        pass
     mask = os.umask(0)
     os.umask(mask)
     return mask

@@ -533,3 +533,16 @@ def test_json_nested_deeper_than_the_parser_can_go_is_named_not_a_traceback(cont
     with pytest.raises(TiveError, match=r"deep\.json.*record 2.*nested too deeply"):
         load_dataset(path)
     assert path.read_bytes() == before
+
+
+def test_atomic_writes_follow_any_umask_without_changing_it(tmp_path: Path) -> None:
+    from tive.io import _umask, write_text
+
+    previous = os.umask(0o027)
+    try:
+        assert _umask() == 0o027
+        write_text(tmp_path / "a.txt", "x")
+        assert os.umask(0o027) == 0o027  # reading the mask left it as it was
+    finally:
+        os.umask(previous)
+    assert (tmp_path / "a.txt").stat().st_mode & 0o777 == 0o640
