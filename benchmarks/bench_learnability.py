@@ -2,6 +2,7 @@
 
     python benchmarks/bench_learnability.py --out DIR [--records 4000] [--steps 300] [--image-size 32 --patch 8]
         [--hidden 128 --layers 2] [--vision-steps 800 --align 1500] [--learning-rate 2e-3] [--tied-embeddings]
+        [--object-vision] [--qa-stream N --qa-steps S [--qa-skills exists,...]]
 
 The instrument `tive bench` needs to be (full data ≥ 50 on average, every benchmark ≥ 10 points above chance)
 depends on what the tiny model can learn, so this script isolates that question from the selection methods: it
@@ -12,7 +13,19 @@ fine-tunes once on all training records, and prints
 - per skill, 150 fresh single-shape or multi-shape questions (colour, shape, count, existence with easy and hard
   negatives, position, relation, reading printed and handwritten numbers, grounding, multiple choice), so a low
   benchmark can be traced to the skill the model lacks;
-- the base model's caption accuracy (exact) on 30 fresh scenes: whether it sees before instruction tuning.
+- the base model's caption accuracy (exact) on 30 fresh scenes: whether it sees before instruction tuning;
+- the base model's sentence-form answers (LLaVA-Instruct's phrasing) per skill on 60 fresh scenes: whether the
+  base itself can look an object up, before any short-answer format is taught.
+
+Two experimental bases answer "is the vision tower or the language model the bottleneck?":
+- `--object-vision` replaces the bag-of-words phase with supervision per image token: each token of a 3x3 token
+  grid (e.g. `--image-size 48 --patch 16`, one token per cell of the scenes' grid) learns the colour and shape of
+  the shape in its cell (or "empty") and its own cell index, and number images their two digits from the
+  max-pooled tokens — fresh scenes from the world's generators, labels from their ground truth (`--object-scenes`).
+  It prints linear-probe accuracies on 500 fresh images.
+- `--qa-stream N` adds a third pre-training phase after the captions: `--qa-steps` steps on N fresh sentence-form
+  question-answer records (LLaVA-Instruct's generator, or only the skills named in `--qa-skills`), vision frozen —
+  a stand-in for a language model that already knows how to answer, far more data than the world's 4,000 records.
 One run, no selection; the figures are the run's.
 """
 
@@ -74,6 +87,167 @@ def _tie_bag_of_words_head() -> None:
         return losses
 
     bench_model.pretrain_vision = pretrain_vision
+
+
+def _object_vision(args: argparse.Namespace) -> None:
+    """The base's vision phase supervised per image token with the scenes' ground truth (see the docstring)."""
+    import numpy as np
+    import torch
+
+    import tive.bench.model as bench_model
+    from tive.bench import world as w
+    from tive.demo_data import COLORS, SHAPES
+
+    colors = list(COLORS)
+    cells = w.GRID * w.GRID
+
+    def labelled(processor, n, seed):
+        rng = np.random.default_rng(seed)
+        images, color, kind, tens, units = [], [], [], [], []
+        for _ in range(n):
+            if rng.random() < 0.8:
+                scene = w.make_scene(rng, 1, 5)
+                images.append(scene.image())
+                c, k = np.zeros(cells, int), np.zeros(cells, int)
+                for item in scene.items:
+                    c[item.row * w.GRID + item.col] = 1 + colors.index(item.color)
+                    k[item.row * w.GRID + item.col] = 1 + SHAPES.index(item.kind)
+                color.append(c), kind.append(k), tens.append(-100), units.append(-100)
+            else:
+                info, image = w.draw_number(rng, "printed" if rng.random() < 0.5 else "handwritten")
+                images.append(image)
+                color.append(np.full(cells, -100)), kind.append(np.full(cells, -100))
+                tens.append(info.number // 10 if info.number >= 10 else 10), units.append(info.number % 10)
+        pixels = processor.image_processor(images=images, return_tensors="pt")["pixel_values"]
+        return pixels, *(torch.tensor(np.array(x)) for x in (color, kind, tens, units))
+
+    def pretrain_vision(model, processor, records, items, *, steps, batch_size, learning_rate, seed):
+        pixels, color, kind, tens, units = labelled(processor, args.object_scenes, seed + 999)
+        inner = model.model
+        hidden = model.config.text_config.hidden_size
+        heads = torch.nn.ModuleDict({"color": torch.nn.Linear(hidden, 1 + len(colors)),
+                                     "kind": torch.nn.Linear(hidden, 1 + len(SHAPES)),
+                                     "cell": torch.nn.Linear(hidden, cells),
+                                     "tens": torch.nn.Linear(hidden, 11), "units": torch.nn.Linear(hidden, 10)})
+        params = [*inner.vision_tower.parameters(), *inner.multi_modal_projector.parameters(), *heads.parameters()]
+        optimizer = torch.optim.AdamW(params, lr=learning_rate, weight_decay=0.0)
+        generator = torch.Generator().manual_seed(seed)
+        ce = torch.nn.functional.cross_entropy
+
+        def tokens(pixel_values):
+            out = torch.stack(list(inner.get_image_features(pixel_values=pixel_values).pooler_output))
+            if out.shape[1] != cells:
+                raise SystemExit(f"--object-vision needs a {w.GRID}x{w.GRID} token grid (one token per scene cell), "
+                                 f"got {out.shape[1]} tokens: use e.g. --image-size 48 --patch 16")
+            return out
+
+        model.train()
+        losses = []
+        for _ in range(steps):
+            index = torch.randint(0, len(pixels), (2 * batch_size,), generator=generator)
+            out = tokens(pixels[index])
+            flat = out.reshape(-1, hidden)
+            loss = (ce(heads["color"](flat), color[index].reshape(-1), ignore_index=-100)
+                    + ce(heads["kind"](flat), kind[index].reshape(-1), ignore_index=-100)
+                    + ce(heads["cell"](flat), torch.arange(cells).repeat(len(index))))
+            if (tens[index] != -100).any():
+                pooled = out.amax(dim=1)
+                loss = loss + ce(heads["tens"](pooled), tens[index], ignore_index=-100) + ce(
+                    heads["units"](pooled), units[index], ignore_index=-100)
+            loss.backward()
+            optimizer.step()
+            optimizer.zero_grad(set_to_none=True)
+            losses.append(float(loss.detach()))
+        model.eval()
+        pixels, color, kind, tens, units = labelled(processor, 500, seed + 4242)
+        with torch.no_grad():
+            out = tokens(pixels)
+            flat, pooled = out.reshape(-1, hidden), out.amax(dim=1)
+            scene, number = color.reshape(-1) != -100, tens != -100
+            occupied = scene & (color.reshape(-1) > 0)
+            probe = {
+                "color_per_occupied_cell": (heads["color"](flat).argmax(-1) == color.reshape(-1))[occupied],
+                "shape_per_occupied_cell": (heads["kind"](flat).argmax(-1) == kind.reshape(-1))[occupied],
+                "empty_vs_occupied": ((heads["kind"](flat).argmax(-1) > 0) == (kind.reshape(-1) > 0))[scene],
+                "number": ((heads["tens"](pooled).argmax(-1) == tens) & (heads["units"](pooled).argmax(-1) == units))[number],
+            }
+        OBJECT_PROBE.update({k: round(100 * float(v.float().mean()), 1) for k, v in probe.items()})
+        print(f"object vision: linear probes on 500 fresh images {OBJECT_PROBE}", flush=True)
+        return losses
+
+    bench_model.pretrain_vision = pretrain_vision
+
+
+OBJECT_PROBE: dict[str, float] = {}
+
+
+def _qa_stream_base(args: argparse.Namespace, out: Path, base_dir: Path, learning_rate: float) -> tuple[Path, dict]:
+    """The base after `--qa-steps` more steps on `--qa-stream` fresh sentence-form QA records (its own folder and
+    completion marker, so a rerun does not train the base twice)."""
+    import numpy as np
+
+    from tive.bench import world as w
+    from tive.bench.model import encode, train_model
+    from tive.bench.runner import _load_records
+    from tive.model.loading import load_base
+    from tive.synthetic import Example, to_records, write_records_json
+
+    settings = {"records": args.qa_stream, "steps": args.qa_steps, "skills": args.qa_skills,
+                "base": json.loads((base_dir / "bench_base.json").read_text())["key"]}
+    target = out / "base_qa"
+    marker = target / "qa_stream.json"
+    if marker.is_file() and json.loads(marker.read_text())["settings"] == settings:
+        return target, json.loads(marker.read_text())
+    started = time.perf_counter()
+    rng = np.random.default_rng(777)
+    if args.qa_skills:
+        skills = tuple(getattr(w, "skill_" + name) for name in args.qa_skills.split(","))
+        examples = []
+        for i in range(args.qa_stream):
+            scene = w.make_scene(rng, 1, 4)
+            turns = [w.ask(rng, scene, skills) for _ in range(int(rng.integers(1, 3)))]
+            examples.append(Example([(q, sentence) for q, _, sentence in turns], scene.image(), f"{i:05d}"))
+    else:
+        examples = w.task_llava_instruct(rng, args.qa_stream)
+    folder = out / "qa_stream"
+    write_records_json(folder / "qa.json", to_records(examples, "qa", folder / "images"))
+    records = [r for r in _load_records(folder / "qa.json", folder / "images", None) if r.ok]
+    model, processor = load_base(base_dir)
+    losses = train_model(model, processor, [encode(processor, r) for r in records], steps=args.qa_steps,
+                         batch_size=32, learning_rate=learning_rate, seed=args.world_seed, freeze_vision=True)
+    model.save_pretrained(target)
+    processor.save_pretrained(target)
+    info = {"settings": settings, "loss_first": losses[0], "loss_last": sum(losses[-20:]) / len(losses[-20:]),
+            "seconds": round(time.perf_counter() - started)}
+    marker.write_text(json.dumps(info, indent=1))
+    print(f"qa stream: {len(records)} records, {len(losses)} steps (loss {info['loss_first']:.2f} -> "
+          f"{info['loss_last']:.3f}, {info['seconds']} s)", flush=True)
+    return target, info
+
+
+def _sentence_skills(model: Any, processor: Any, folder: Path, n: int) -> dict[str, float]:
+    """Exact-sentence accuracy of LLaVA-Instruct-style answers per skill, on fresh scenes (the base's own skill)."""
+    import numpy as np
+
+    from tive.bench import world as w
+    from tive.bench.model import generate
+
+    rng = np.random.default_rng(5)
+    result = {}
+    for name, skill, low, high in (("color", w.skill_color, 1, 3), ("shape", w.skill_kind, 1, 3),
+                                   ("count", w.skill_count, 1, 4), ("exists", w.skill_exists, 1, 3),
+                                   ("position", w.skill_position, 1, 3), ("relation", w.skill_relation, 3, 5)):
+        items = []
+        while len(items) < n:
+            scene = w.make_scene(rng, low, high)
+            qa = skill(rng, scene)
+            if qa is not None:
+                items.append((scene.image(), qa))
+        prompts = [_prompt(processor, folder, 50000 + 100 * len(result) + k, image, qa[0])
+                   for k, (image, qa) in enumerate(items)]
+        answers = generate(model, processor, prompts, max_new_tokens=32)
+        result[name] = round(100 * sum(a == qa[2] for a, (_, qa) in zip(answers, items)) / n, 1)
+    return result
 
 
 def _skill_suites(seed: int, n: int) -> dict[str, list[tuple[Any, str, str, str]]]:
@@ -154,13 +328,24 @@ def main() -> None:
     parser.add_argument("--learning-rate", type=float, default=2e-3)
     parser.add_argument("--tied-embeddings", action="store_true")
     parser.add_argument("--skill-items", type=int, default=150)
+    parser.add_argument("--sentence-items", type=int, default=60, help="fresh scenes per skill of the base's probe")
+    parser.add_argument("--object-vision", action="store_true",
+                        help="supervise each image token with its cell's shape (needs a 3x3 token grid)")
+    parser.add_argument("--object-scenes", type=int, default=6000, help="labelled images of --object-vision")
+    parser.add_argument("--qa-stream", type=int, default=0, help="fresh sentence-form QA records of a third phase")
+    parser.add_argument("--qa-steps", type=int, default=1500)
+    parser.add_argument("--qa-skills", default="", help="comma-separated skills of the QA stream (default: all)")
     args = parser.parse_args()
 
     import numpy as np
 
     _patch_model_size(args)
+    if args.tied_embeddings and args.object_vision:
+        parser.error("--tied-embeddings and --object-vision replace the same phase: choose one")
     if args.tied_embeddings:
         _tie_bag_of_words_head()
+    if args.object_vision:
+        _object_vision(args)
     from tive.bench.evalsets import chance_level, load_benchmarks
     from tive.bench.metrics import score
     from tive.bench.model import BaseSettings, build_base, fresh_copy, generate, train_model
@@ -179,7 +364,10 @@ def main() -> None:
     base_info = build_base(out / "base", records, align, BaseSettings(seed=args.world_seed,
                                                                       vision_steps=args.vision_steps,
                                                                       epochs=args.base_epochs), say=print)
-    base, processor = load_base(out / "base")
+    base_dir, qa_info = out / "base", None
+    if args.qa_stream:
+        base_dir, qa_info = _qa_stream_base(args, out, base_dir, BaseSettings().learning_rate)
+    base, processor = load_base(base_dir)
     folder = out / "prompt_images"  # the fresh images the captions and skills are asked about
     folder.mkdir(parents=True, exist_ok=True)
     rng = np.random.default_rng(123)
@@ -187,6 +375,7 @@ def main() -> None:
     captions = generate(base, processor, [_prompt(processor, folder, k, s.image(), "Give a short caption.")
                                           for k, s in enumerate(scenes)], max_new_tokens=48)
     caption_exact = sum(c == caption_of(s) for c, s in zip(captions, scenes))
+    base_sentences = _sentence_skills(base, processor, folder, args.sentence_items)
 
     encoded = encode_all(processor, records, benchmarks)
     model = fresh_copy(base)
@@ -207,7 +396,8 @@ def main() -> None:
     result = {
         "settings": vars(args),
         "base": {"caption_exact_of_30": caption_exact, "vision_loss_last": base_info.get("vision_loss_last"),
-                 "caption_loss_last": base_info.get("loss_last")},
+                 "caption_loss_last": base_info.get("loss_last"), "object_probe": OBJECT_PROBE or None,
+                 "qa_stream": qa_info, "sentence_skills": base_sentences},
         "train": {"records": len(records), "steps": len(losses), "loss_last": sum(losses[-10:]) / 10,
                   "seconds": round(train_seconds)},
         "benchmarks": {name: {"accuracy": round(scores[name], 1), "chance": round(chance[name], 1)} for name in scores},
