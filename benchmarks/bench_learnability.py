@@ -14,15 +14,18 @@ fine-tunes once on all training records, and prints
   negatives, position, relation, reading printed and handwritten numbers, grounding, multiple choice), so a low
   benchmark can be traced to the skill the model lacks;
 - the base model's caption accuracy (exact) on 30 fresh scenes: whether it sees before instruction tuning;
-- the base model's sentence-form answers (LLaVA-Instruct's phrasing) per skill on 60 fresh scenes: whether the
-  base itself can look an object up, before any short-answer format is taught.
+- the sentence-form answers (LLaVA-Instruct's phrasing) per skill on 60 fresh scenes, of the base and of the
+  fine-tuned model: whether the base itself can look an object up before any short-answer format is taught, and
+  whether fine-tuning keeps that skill (a skill kept in sentences but lost in short answers is a format problem).
 
 Two experimental bases answer "is the vision tower or the language model the bottleneck?":
 - `--object-vision` replaces the bag-of-words phase with supervision per image token: each token of a 3x3 token
   grid (e.g. `--image-size 48 --patch 16`, one token per cell of the scenes' grid) learns the colour and shape of
   the shape in its cell (or "empty") and its own cell index, and number images their two digits from the
   max-pooled tokens — fresh scenes from the world's generators, labels from their ground truth (`--object-scenes`).
-  It prints linear-probe accuracies on 500 fresh images.
+  With `--object-heads tied` the colour and shape logits are dot products with the language model's input
+  embeddings of those words, so the image tokens come to look like the question's words. It prints the heads'
+  probe accuracies on 500 fresh images.
 - `--qa-stream N` adds a third pre-training phase after the captions: `--qa-steps` steps on N fresh sentence-form
   question-answer records (LLaVA-Instruct's generator, or only the skills named in `--qa-skills`), vision frozen —
   a stand-in for a language model that already knows how to answer, far more data than the world's 4,000 records.
@@ -125,11 +128,34 @@ def _object_vision(args: argparse.Namespace) -> None:
         pixels, color, kind, tens, units = labelled(processor, args.object_scenes, seed + 999)
         inner = model.model
         hidden = model.config.text_config.hidden_size
-        heads = torch.nn.ModuleDict({"color": torch.nn.Linear(hidden, 1 + len(colors)),
-                                     "kind": torch.nn.Linear(hidden, 1 + len(SHAPES)),
-                                     "cell": torch.nn.Linear(hidden, cells),
-                                     "tens": torch.nn.Linear(hidden, 11), "units": torch.nn.Linear(hidden, 10)})
+        heads = torch.nn.ModuleDict({"cell": torch.nn.Linear(hidden, cells), "tens": torch.nn.Linear(hidden, 11),
+                                     "units": torch.nn.Linear(hidden, 10)})
         params = [*inner.vision_tower.parameters(), *inner.multi_modal_projector.parameters(), *heads.parameters()]
+        if args.object_heads == "linear":
+            heads["color"] = torch.nn.Linear(hidden, 1 + len(colors))
+            heads["kind"] = torch.nn.Linear(hidden, 1 + len(SHAPES))
+            params += [*heads["color"].parameters(), *heads["kind"].parameters()]
+            color_logits, kind_logits = heads["color"], heads["kind"]
+        else:
+            # A token's colour / shape logits are its dot products with the language model's input embeddings of
+            # the words (the mean of a word's pieces; "empty" has its own vector), so the image tokens learn to
+            # look like the words a question uses.
+            embed = model.get_input_embeddings()
+            pieces = {w: processor.tokenizer(" " + w, add_special_tokens=False)["input_ids"] for w in (*colors, *SHAPES)}
+            empty = torch.nn.Parameter(torch.zeros(2, hidden))
+            scale = torch.nn.Parameter(torch.tensor(1.0))
+            params += [*embed.parameters(), empty, scale]
+
+            def tied(flat, words, row):
+                table = torch.cat([empty[row : row + 1], torch.stack([embed.weight[pieces[w]].mean(0) for w in words])])
+                return scale * flat @ table.T
+
+            def color_logits(flat):
+                return tied(flat, colors, 0)
+
+            def kind_logits(flat):
+                return tied(flat, SHAPES, 1)
+
         optimizer = torch.optim.AdamW(params, lr=learning_rate, weight_decay=0.0)
         generator = torch.Generator().manual_seed(seed)
         ce = torch.nn.functional.cross_entropy
@@ -147,8 +173,8 @@ def _object_vision(args: argparse.Namespace) -> None:
             index = torch.randint(0, len(pixels), (2 * batch_size,), generator=generator)
             out = tokens(pixels[index])
             flat = out.reshape(-1, hidden)
-            loss = (ce(heads["color"](flat), color[index].reshape(-1), ignore_index=-100)
-                    + ce(heads["kind"](flat), kind[index].reshape(-1), ignore_index=-100)
+            loss = (ce(color_logits(flat), color[index].reshape(-1), ignore_index=-100)
+                    + ce(kind_logits(flat), kind[index].reshape(-1), ignore_index=-100)
                     + ce(heads["cell"](flat), torch.arange(cells).repeat(len(index))))
             if (tens[index] != -100).any():
                 pooled = out.amax(dim=1)
@@ -166,13 +192,13 @@ def _object_vision(args: argparse.Namespace) -> None:
             scene, number = color.reshape(-1) != -100, tens != -100
             occupied = scene & (color.reshape(-1) > 0)
             probe = {
-                "color_per_occupied_cell": (heads["color"](flat).argmax(-1) == color.reshape(-1))[occupied],
-                "shape_per_occupied_cell": (heads["kind"](flat).argmax(-1) == kind.reshape(-1))[occupied],
-                "empty_vs_occupied": ((heads["kind"](flat).argmax(-1) > 0) == (kind.reshape(-1) > 0))[scene],
+                "color_per_occupied_cell": (color_logits(flat).argmax(-1) == color.reshape(-1))[occupied],
+                "shape_per_occupied_cell": (kind_logits(flat).argmax(-1) == kind.reshape(-1))[occupied],
+                "empty_vs_occupied": ((kind_logits(flat).argmax(-1) > 0) == (kind.reshape(-1) > 0))[scene],
                 "number": ((heads["tens"](pooled).argmax(-1) == tens) & (heads["units"](pooled).argmax(-1) == units))[number],
             }
         OBJECT_PROBE.update({k: round(100 * float(v.float().mean()), 1) for k, v in probe.items()})
-        print(f"object vision: linear probes on 500 fresh images {OBJECT_PROBE}", flush=True)
+        print(f"object vision ({args.object_heads} heads): probes on 500 fresh images {OBJECT_PROBE}", flush=True)
         return losses
 
     bench_model.pretrain_vision = pretrain_vision
@@ -332,6 +358,8 @@ def main() -> None:
     parser.add_argument("--object-vision", action="store_true",
                         help="supervise each image token with its cell's shape (needs a 3x3 token grid)")
     parser.add_argument("--object-scenes", type=int, default=6000, help="labelled images of --object-vision")
+    parser.add_argument("--object-heads", choices=("linear", "tied"), default="linear",
+                        help="--object-vision's colour/shape heads: linear, or tied to the LM's word embeddings")
     parser.add_argument("--qa-stream", type=int, default=0, help="fresh sentence-form QA records of a third phase")
     parser.add_argument("--qa-steps", type=int, default=1500)
     parser.add_argument("--qa-skills", default="", help="comma-separated skills of the QA stream (default: all)")
@@ -384,6 +412,7 @@ def main() -> None:
                          learning_rate=args.learning_rate, seed=0, freeze_vision=True)
     train_seconds = time.perf_counter() - trained
     scores = evaluate(model, processor, encoded["benchmarks"])
+    tuned_sentences = _sentence_skills(model, processor, folder, args.sentence_items)
     chance = {b.name: chance_level(b) for b in benchmarks}
     skills = {}
     for name, items in _skill_suites(7, args.skill_items).items():
@@ -399,7 +428,8 @@ def main() -> None:
                  "caption_loss_last": base_info.get("loss_last"), "object_probe": OBJECT_PROBE or None,
                  "qa_stream": qa_info, "sentence_skills": base_sentences},
         "train": {"records": len(records), "steps": len(losses), "loss_last": sum(losses[-10:]) / 10,
-                  "seconds": round(train_seconds)},
+                  "seconds": round(train_seconds),
+                  "sentence_skills": tuned_sentences},
         "benchmarks": {name: {"accuracy": round(scores[name], 1), "chance": round(chance[name], 1)} for name in scores},
         "average": round(sum(scores.values()) / len(scores), 1),
         "chance_average": round(sum(chance.values()) / len(chance), 1),

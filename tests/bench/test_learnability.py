@@ -31,9 +31,11 @@ def test_object_vision_refuses_a_token_grid_that_is_not_the_scenes_grid(tmp_path
         _run(monkeypatch, capsys, "--out", str(tmp_path), *TINY, "--object-vision")  # 32 px / patch 8: 4x4
 
 
-def test_object_vision_and_qa_stream_report_their_probes_and_train_once(tmp_path, monkeypatch, capsys) -> None:
+@pytest.mark.parametrize("heads", ["linear", "tied"])
+def test_object_vision_and_qa_stream_report_their_probes_and_train_once(tmp_path, monkeypatch, capsys,
+                                                                       heads) -> None:
     args = ["--out", str(tmp_path), *TINY, "--image-size", "48", "--patch", "16", "--object-vision",
-            "--qa-stream", "6", "--qa-steps", "2", "--qa-skills", "exists,color"]
+            "--object-heads", heads, "--qa-stream", "6", "--qa-steps", "2", "--qa-skills", "exists,color"]
     first = _run(monkeypatch, capsys, *args)
     result = json.loads((tmp_path / "learnability.json").read_text())
     base = result["base"]
@@ -41,7 +43,9 @@ def test_object_vision_and_qa_stream_report_their_probes_and_train_once(tmp_path
                                          "number"}
     assert all(0 <= v <= 100 for v in base["object_probe"].values())
     assert base["qa_stream"]["settings"]["skills"] == "exists,color"
-    assert set(base["sentence_skills"]) == {"color", "shape", "count", "exists", "position", "relation"}
+    skills = {"color", "shape", "count", "exists", "position", "relation"}
+    assert set(base["sentence_skills"]) == skills and set(result["train"]["sentence_skills"]) == skills
+    assert f"object vision ({heads} heads)" in first
     assert "qa stream: 6 records, 2 steps" in first
     questions = json.loads((tmp_path / "qa_stream" / "qa.json").read_text())
     assert all(turn["value"].startswith(("Yes", "No", "The ")) for r in questions for turn in r["conversations"][1::2])
