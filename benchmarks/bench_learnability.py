@@ -227,7 +227,7 @@ def _qa_stream_base(args: argparse.Namespace, out: Path, base_dir: Path, learnin
     started = time.perf_counter()
     rng = np.random.default_rng(777)
     if args.qa_skills:
-        skills = tuple(getattr(w, "skill_" + name) for name in args.qa_skills.split(","))
+        skills = tuple(getattr(w, "skill_" + name) for name in args.qa_skills.split(",") if name)
         examples = []
         for i in range(args.qa_stream):
             scene = w.make_scene(rng, 1, 4)
@@ -252,7 +252,8 @@ def _qa_stream_base(args: argparse.Namespace, out: Path, base_dir: Path, learnin
 
 
 def _sentence_skills(model: Any, processor: Any, folder: Path, n: int) -> dict[str, float]:
-    """Exact-sentence accuracy of LLaVA-Instruct-style answers per skill, on fresh scenes (the base's own skill)."""
+    """Exact-sentence accuracy of LLaVA-Instruct-style answers per skill on `n` fresh scenes each (the same scenes
+    for every model, so the base and the fine-tuned model are compared on equal items)."""
     import numpy as np
 
     from tive.bench import world as w
@@ -274,6 +275,27 @@ def _sentence_skills(model: Any, processor: Any, folder: Path, n: int) -> dict[s
         answers = generate(model, processor, prompts, max_new_tokens=32)
         result[name] = round(100 * sum(a == qa[2] for a, (_, qa) in zip(answers, items)) / n, 1)
     return result
+
+
+QA_SKILLS = ("color", "kind", "count", "exists", "position", "relation")
+# The options that shape the base model but are not part of the bench's own base cache key (they patch it here).
+BASE_OPTIONS = ("image_size", "patch", "hidden", "layers", "tied_embeddings", "object_vision", "object_heads",
+                "object_scenes")
+
+
+def _check_base_options(parser: argparse.ArgumentParser, out: Path, args: argparse.Namespace) -> None:
+    """Refuse to reuse a base built in `out` with other model options (the bench's cache key cannot see them)."""
+    path = out / "base_options.json"
+    options = {name: getattr(args, name) for name in BASE_OPTIONS}
+    if path.is_file():
+        old = json.loads(path.read_text())
+        if old != options:
+            changed = ", ".join(f"--{k.replace('_', '-')} {old.get(k)} -> {v}" for k, v in options.items()
+                                if old.get(k) != v)
+            parser.error(f"{out} holds a base built with other model options ({changed}); use another --out")
+        return
+    out.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(options, indent=1))
 
 
 def _skill_suites(seed: int, n: int) -> dict[str, list[tuple[Any, str, str, str]]]:
@@ -354,7 +376,7 @@ def main() -> None:
     parser.add_argument("--learning-rate", type=float, default=2e-3)
     parser.add_argument("--tied-embeddings", action="store_true")
     parser.add_argument("--skill-items", type=int, default=150)
-    parser.add_argument("--sentence-items", type=int, default=60, help="fresh scenes per skill of the base's probe")
+    parser.add_argument("--sentence-items", type=int, default=60, help="fresh scenes per skill of the sentence-form probe (base and fine-tuned model)")
     parser.add_argument("--object-vision", action="store_true",
                         help="supervise each image token with its cell's shape (needs a 3x3 token grid)")
     parser.add_argument("--object-scenes", type=int, default=6000, help="labelled images of --object-vision")
@@ -370,6 +392,11 @@ def main() -> None:
     _patch_model_size(args)
     if args.tied_embeddings and args.object_vision:
         parser.error("--tied-embeddings and --object-vision replace the same phase: choose one")
+    unknown = [name for name in filter(None, args.qa_skills.split(",")) if name not in QA_SKILLS]
+    if unknown:
+        parser.error(f"--qa-skills: unknown {', '.join(unknown)}; choose from {', '.join(QA_SKILLS)}")
+    out = Path(args.out)
+    _check_base_options(parser, out, args)
     if args.tied_embeddings:
         _tie_bag_of_words_head()
     if args.object_vision:
@@ -382,7 +409,6 @@ def main() -> None:
     from tive.bench.world import WorldSizes, caption_of, make_scene, write_world
     from tive.model.loading import load_base
 
-    out = Path(args.out)
     started = time.perf_counter()
     info = write_world(out / "world", args.world_seed, WorldSizes(args.records, args.align, args.eval_records))
     images = Path(info["images"])

@@ -52,3 +52,20 @@ def test_object_vision_and_qa_stream_report_their_probes_and_train_once(tmp_path
     assert (tmp_path / "base_qa" / "qa_stream.json").is_file()
     second = _run(monkeypatch, capsys, *args)  # same settings: the QA-stream base is reused, not trained again
     assert "qa stream:" not in second
+
+
+def test_a_folder_built_with_other_model_options_is_refused_not_reused(tmp_path, monkeypatch, capsys) -> None:
+    (tmp_path / "base_options.json").write_text(json.dumps({
+        "image_size": 48, "patch": 16, "hidden": 128, "layers": 2, "tied_embeddings": False, "object_vision": True,
+        "object_heads": "linear", "object_scenes": 12}))
+    with pytest.raises(SystemExit):
+        _run(monkeypatch, capsys, "--out", str(tmp_path), *TINY, "--image-size", "48", "--patch", "16",
+             "--object-vision", "--object-heads", "tied")
+    assert "other model options (--object-heads linear -> tied); use another --out" in capsys.readouterr().err
+    assert not (tmp_path / "world").exists()
+
+
+def test_an_unknown_qa_skill_is_refused_with_the_choices(tmp_path, monkeypatch, capsys) -> None:
+    with pytest.raises(SystemExit):
+        _run(monkeypatch, capsys, "--out", str(tmp_path), *TINY, "--qa-stream", "4", "--qa-skills", "exist")
+    assert "--qa-skills: unknown exist; choose from color, kind, count, exists" in capsys.readouterr().err
