@@ -270,7 +270,7 @@ def _sentence_skills(model: Any, processor: Any, folder: Path, n: int) -> dict[s
             qa = skill(rng, scene)
             if qa is not None:
                 items.append((scene.image(), qa))
-        prompts = [_prompt(processor, folder, 50000 + 100 * len(result) + k, image, qa[0])
+        prompts = [_prompt(processor, folder, 50000 + 1000 * len(result) + k, image, qa[0])
                    for k, (image, qa) in enumerate(items)]
         answers = generate(model, processor, prompts, max_new_tokens=32)
         result[name] = round(100 * sum(a == qa[2] for a, (_, qa) in zip(answers, items)) / n, 1)
@@ -376,7 +376,8 @@ def main() -> None:
     parser.add_argument("--learning-rate", type=float, default=2e-3)
     parser.add_argument("--tied-embeddings", action="store_true")
     parser.add_argument("--skill-items", type=int, default=150)
-    parser.add_argument("--sentence-items", type=int, default=60, help="fresh scenes per skill of the sentence-form probe (base and fine-tuned model)")
+    parser.add_argument("--sentence-items", type=int, default=60, choices=range(1, 1001), metavar="1..1000",
+                        help="fresh scenes per skill of the sentence-form probe (base and fine-tuned model)")
     parser.add_argument("--object-vision", action="store_true",
                         help="supervise each image token with its cell's shape (needs a 3x3 token grid)")
     parser.add_argument("--object-scenes", type=int, default=6000, help="labelled images of --object-vision")
