@@ -1,0 +1,52 @@
+"""The bench's fine-tuning loop: every optimiser step is a random sample of the records, not a length bucket."""
+
+from __future__ import annotations
+
+from types import SimpleNamespace
+
+import torch
+
+from tive.bench import model as bench_model
+
+
+class _Recorder(torch.nn.Module):
+    """A stand-in language model that records the lengths of the records in each batch it is given."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.embed = torch.nn.Embedding(8, 4)
+        self.head = torch.nn.Linear(4, 8)
+        self.lengths: list[list[int]] = []
+
+    def forward(self, input_ids, attention_mask, **_):
+        self.lengths.append(attention_mask.sum(dim=1).tolist())
+        return SimpleNamespace(logits=self.head(self.embed(input_ids)))
+
+
+def _item(length: int) -> dict[str, torch.Tensor]:
+    ids = torch.full((length,), 3)
+    labels = torch.full((length,), -100)
+    labels[-1] = 3
+    return {"input_ids": ids, "attention_mask": torch.ones(length, dtype=torch.long), "labels": labels}
+
+
+def test_batches_mix_record_lengths_because_lengths_follow_the_answers() -> None:
+    # "yes" is one token longer than "no": a loop that batches by length gives one answer per step. 64 records of
+    # each length in 8 steps of 32: sorted batches would each hold a single length; random ones almost never do.
+    items = [_item(5) for _ in range(64)] + [_item(6) for _ in range(64)]
+    recorder = _Recorder()
+    processor = SimpleNamespace(tokenizer=SimpleNamespace(pad_token_id=0, eos_token_id=0))
+    losses = bench_model.train_model(recorder, processor, items, steps=8, batch_size=32, learning_rate=1e-3, seed=0,
+                                     freeze_vision=True)
+    assert len(losses) == 8 and len(recorder.lengths) == 8
+    assert all(set(batch) == {5, 6} for batch in recorder.lengths), recorder.lengths
+    assert sorted(n for batch in recorder.lengths[:4] for n in batch) == [5] * 64 + [6] * 64  # one pass: each once
+
+
+def test_random_batches_partition_the_records_in_a_seeded_order() -> None:
+    first = bench_model._random_batches(70, 32, torch.Generator().manual_seed(1))
+    again = bench_model._random_batches(70, 32, torch.Generator().manual_seed(1))
+    other = bench_model._random_batches(70, 32, torch.Generator().manual_seed(2))
+    assert [len(b) for b in first] == [32, 32, 6]
+    assert sorted(i for b in first for i in b) == list(range(70))
+    assert first == again and first != other
