@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from types import SimpleNamespace
 
+import pytest
 import torch
 
 from tive.bench import model as bench_model
@@ -30,17 +31,32 @@ def _item(length: int) -> dict[str, torch.Tensor]:
     return {"input_ids": ids, "attention_mask": torch.ones(length, dtype=torch.long), "labels": labels}
 
 
-def test_batches_mix_record_lengths_because_lengths_follow_the_answers() -> None:
+def _train(model, items, steps: int, micro: int) -> list[float]:
+    processor = SimpleNamespace(tokenizer=SimpleNamespace(pad_token_id=0, eos_token_id=0))
+    return bench_model.train_model(model, processor, items, steps=steps, batch_size=32, learning_rate=1e-3, seed=0,
+                                   freeze_vision=True, micro_batch_size=micro)
+
+
+def test_each_step_mixes_record_lengths_because_lengths_follow_the_answers() -> None:
     # "yes" is one token longer than "no": a loop that batches by length gives one answer per step. 64 records of
     # each length in 8 steps of 32: sorted batches would each hold a single length; random ones almost never do.
     items = [_item(5) for _ in range(64)] + [_item(6) for _ in range(64)]
     recorder = _Recorder()
-    processor = SimpleNamespace(tokenizer=SimpleNamespace(pad_token_id=0, eos_token_id=0))
-    losses = bench_model.train_model(recorder, processor, items, steps=8, batch_size=32, learning_rate=1e-3, seed=0,
-                                     freeze_vision=True)
-    assert len(losses) == 8 and len(recorder.lengths) == 8
-    assert all(set(batch) == {5, 6} for batch in recorder.lengths), recorder.lengths
-    assert sorted(n for batch in recorder.lengths[:4] for n in batch) == [5] * 64 + [6] * 64  # one pass: each once
+    losses = _train(recorder, items, steps=8, micro=8)
+    assert len(losses) == 8 and len(recorder.lengths) == 8 * 4  # 4 micro-batches of 8 per step
+    steps = [sum(recorder.lengths[4 * k : 4 * k + 4], []) for k in range(8)]
+    assert all(set(step) == {5, 6} for step in steps), steps
+    assert all(step == sorted(step) for step in steps)  # within a step, micro-batches go short to long
+    assert sorted(n for step in steps[:4] for n in step) == [5] * 64 + [6] * 64  # one pass: each record once
+
+
+def test_micro_batches_give_the_gradient_of_the_whole_batch() -> None:
+    items = [_item(3 + i % 4) for i in range(96)]
+    whole, micro = _Recorder(), _Recorder()
+    micro.load_state_dict(whole.state_dict())
+    assert _train(whole, items, steps=3, micro=32) == pytest.approx(_train(micro, items, steps=3, micro=5), rel=1e-5)
+    for a, b in zip(whole.parameters(), micro.parameters()):
+        assert torch.allclose(a, b, atol=1e-6)
 
 
 def test_random_batches_partition_the_records_in_a_seeded_order() -> None:

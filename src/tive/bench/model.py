@@ -32,6 +32,7 @@ MAX_NEW_TOKENS = 24
 # The version of `train_model`'s training loop, part of the base model's cache key (and so of every later cache):
 # 2 = random batches (1 sorted batches by length, which kept yes/no answers from being learnt; see _random_batches).
 TRAINING_LOOP = 2
+MICRO_BATCH = 8  # records per forward pass of a training step (see train_model)
 
 
 RECIPES = ("steps", "epochs")
@@ -301,11 +302,14 @@ def _pad_id(processor: Any) -> int:
 
 
 def train_model(model: Any, processor: Any, items: Sequence[dict[str, Any]], *, steps: int, batch_size: int,
-                learning_rate: float, seed: int, freeze_vision: bool, weight_decay: float = 0.0) -> list[float]:
+                learning_rate: float, seed: int, freeze_vision: bool, weight_decay: float = 0.0,
+                micro_batch_size: int = MICRO_BATCH) -> list[float]:
     """Train `model` on pre-encoded items for `steps` optimiser steps; returns the loss of each step.
 
-    The record order of each pass comes from `torch.Generator(seed)` (random batches, `_random_batches`),
-    cycling through fresh passes as needed.
+    Each step's batch is a random sample of the records (`_random_batches`, in the order of `torch.Generator(seed)`,
+    cycling through fresh passes as needed). Its records are sorted by length and run through the model in
+    micro-batches of `micro_batch_size`, so a short record is not padded to the longest of the whole batch; the
+    gradient is the same as one pass over the batch (each record's mean answer loss, averaged over the batch).
     """
     import torch
     from transformers import get_cosine_schedule_with_warmup
@@ -328,15 +332,18 @@ def train_model(model: Any, processor: Any, items: Sequence[dict[str, Any]], *, 
     while len(losses) < total:
         if not batches:
             batches = _random_batches(len(items), batch_size, generator)[::-1]
-        batch = collate([items[i] for i in batches.pop()], pad_id)
-        labels = batch.pop("labels")
-        outputs = model(**batch)
-        loss = answer_loss_per_record(outputs.logits, labels).mean()
-        loss.backward()
+        chosen = sorted(batches.pop(), key=lambda i: len(items[i]["input_ids"]))
+        step_loss = 0.0
+        for start in range(0, len(chosen), micro_batch_size):
+            micro = collate([items[i] for i in chosen[start : start + micro_batch_size]], pad_id)
+            labels = micro.pop("labels")
+            loss = answer_loss_per_record(model(**micro).logits, labels).sum() / len(chosen)
+            loss.backward()
+            step_loss += float(loss.detach())
         optimizer.step()
         scheduler.step()
         optimizer.zero_grad(set_to_none=True)
-        losses.append(float(loss.detach()))
+        losses.append(step_loss)
     model.eval()
     return losses
 
