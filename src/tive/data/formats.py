@@ -357,8 +357,12 @@ def write_subset(dataset: Dataset, counts: Sequence[int], out_dir: Path) -> Path
                            objects=[record.raw for record in dataset.records], source=dataset.source)
 
 
-def write_subset_from_input(path: Path | str, fmt: str, counts: Sequence[int], out_dir: Path) -> Path:
+def write_subset_from_input(path: Path | str, fmt: str, counts: Sequence[int], out_dir: Path,
+                            name: str | None = None) -> Path:
     """Write the subset straight from the input, without parsing its records into `Record`s.
+
+    `name` is the output's name without its suffix (default `subset`; `tive baseline` writes `random` etc.): the
+    suffix, or a directory for `datasets`, follows the input's format as for the subset.
 
     For `tive select` on a prepared run: the records were validated at prepare time (and the input's SHA-256 is
     checked by the caller), so the JSONL lines are copied, a JSON list's elements are decoded one at a time and only
@@ -369,7 +373,7 @@ def write_subset_from_input(path: Path | str, fmt: str, counts: Sequence[int], o
     repeats = [int(count) for count in counts]
     if fmt == FORMAT_JSONL:
         lines = [line for _, line in _record_lines(_read_text(path))]
-        return _write_selected(path, fmt, _fit(repeats, len(lines), path), out_dir, lines=lines)
+        return _write_selected(path, fmt, _fit(repeats, len(lines), path), out_dir, lines=lines, name=name)
     if fmt == FORMAT_JSON:
         wanted = {index: count for index, count in enumerate(repeats) if count}
         kept, n = {}, 0
@@ -378,13 +382,13 @@ def write_subset_from_input(path: Path | str, fmt: str, counts: Sequence[int], o
                 kept[n - 1] = value
         _fit(repeats, n, path)
         objects = [kept.get(index) for index in range(n)]
-        return _write_selected(path, fmt, repeats, out_dir, objects=objects)
+        return _write_selected(path, fmt, repeats, out_dir, objects=objects, name=name)
     if fmt == FORMAT_PARQUET:
         source = arrow.open_parquet(path)
-        return _write_selected(path, fmt, _fit(repeats, source.num_rows, path), out_dir, source=source)
+        return _write_selected(path, fmt, _fit(repeats, source.num_rows, path), out_dir, source=source, name=name)
     if fmt == FORMAT_HF_DATASET:
         source = arrow.open_hf_dataset(path)
-        return _write_selected(path, fmt, _fit(repeats, len(source), path), out_dir, source=source)
+        return _write_selected(path, fmt, _fit(repeats, len(source), path), out_dir, source=source, name=name)
     raise ValueError(f"unknown dataset format {fmt!r}; expected one of {', '.join(FORMATS)}")
 
 
@@ -422,13 +426,15 @@ def _fit(repeats: list[int], n_records: int, path: Path) -> list[int]:
 
 
 def _write_selected(path: Path, fmt: str, repeats: list[int], out_dir: Path, *, lines: list[str] | None = None,
-                    objects: list[Any] | None = None, source: Any = None) -> Path:
-    """Write the records `repeats` selects, in kind: JSONL `lines`, JSON `objects`, or rows of `source`."""
+                    objects: list[Any] | None = None, source: Any = None, name: str | None = None) -> Path:
+    """Write the records `repeats` selects, in kind: JSONL `lines`, JSON `objects`, or rows of `source`; named
+    `name` + the subset's suffix when `name` is given."""
     if fmt not in SUBSET_NAMES:
         raise ValueError(f"unknown dataset format {fmt!r}; expected one of {', '.join(FORMATS)}")
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
-    out_path = out_dir / SUBSET_NAMES[fmt]
+    out_name = SUBSET_NAMES[fmt] if name is None else name + SUBSET_NAMES[fmt][len("subset"):]
+    out_path = out_dir / out_name
     input_path = Path(path).resolve()
     if out_path.resolve() == input_path or input_path.is_relative_to(out_path.resolve()):
         raise TiveError(f"{out_path}: the subset would overwrite the input; choose another output directory")

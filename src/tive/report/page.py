@@ -94,7 +94,9 @@ class _Page:
     # ------------------------------------------------------------------------------------------------- page
     def render(self) -> str:
         examples, why_none = self._examples()
-        sections = [self._summary(), self._table(), self._skipped(), self._shares(),
+        from tive.baseline import baselines_section
+
+        sections = [self._summary(), self._table(), self._skipped(), self._shares(), baselines_section(self.run_dir),
                     self._per_task(examples, why_none), self._warmup_curve(), self._provenance()]
         title = f"tive report: {self.run_dir.name}"
         return ("<!doctype html>\n<html lang=\"en\"><head><meta charset=\"utf-8\">"

@@ -158,8 +158,12 @@ def run_report(run_dir: Path | str) -> Path:
     return path
 
 
-def _write_subset(run_dir: Path, selected: list[int]) -> Path | None:
-    """Write the subset from the prepared input (checked unchanged), or None for bring-your-own features."""
+def _write_subset(run_dir: Path, selected: list[int], out_dir: Path | None = None,
+                  name: str | None = None) -> Path | None:
+    """Write the subset from the prepared input (checked unchanged), or None for bring-your-own features.
+
+    `out_dir` and `name` (default: the run directory, `subset`) let `tive baseline` write its subsets the same way.
+    """
     info_path = run_dir / PREPARE_FILE
     if not info_path.is_file():
         return None
@@ -170,14 +174,13 @@ def _write_subset(run_dir: Path, selected: list[int]) -> Path | None:
     if dataset_sha256(data) != info["data_sha256"]:
         raise TiveError(f"{data}: changed since `tive prepare` (SHA-256 differs); prepare again into a new run "
                         "directory")
-    return write_subset_from_input(data, info["format"], selected, run_dir)
+    return write_subset_from_input(data, info["format"], selected, run_dir if out_dir is None else out_dir,
+                                   name=name)
 
 
 def what_next(run_dir: Path) -> str:
     """Where the results are and how to train on the subset with the usual trainers."""
     subset = next((p for p in sorted(run_dir.glob("subset*")) if p.name.startswith("subset")), None)
-    info_path = run_dir / PREPARE_FILE
-    images = read_json(info_path).get("images") if info_path.is_file() else None
     lines = ["next:"]
     if subset is not None:
         lines.append(f"  subset:  {subset} (the selected records, unchanged, in the input's format)")
@@ -185,14 +188,11 @@ def what_next(run_dir: Path) -> str:
     if report.is_file():
         lines.append(f"  report:  {report} (open it in a browser: what was chosen and why)")
     lines.append(f"  scores:  {run_dir / 'manifest.jsonl'} (per record), {run_dir / TASKS_FILE} (per task)")
-    if subset is not None and subset.suffix in (".json", ".jsonl"):
-        root = images or "IMAGE_ROOT"
+    if subset is not None:
         lines += [
-            f"  train with LLaVA: --data_path {subset} --image_folder {root} (its scripts/v1_5/finetune*.sh)",
-            "  train with LLaMA-Factory: in data/dataset_info.json add "
-            f'"tive_subset": {{"file_name": "{subset}", "formatting": "sharegpt", "columns": {{"messages": '
-            '"conversations", "images": "image"}, "tags": {"role_tag": "from", "content_tag": "value", '
-            '"user_tag": "human", "assistant_tag": "gpt"}}, then train with --dataset tive_subset '
-            f"--media_dir {root} (records in messages/role/content form: columns messages/images, no tags)",
+            f"  baseline: tive baseline {run_dir} --method random (a random subset of the same size, to train beside it)",
+            f"  train:   tive export {run_dir} --for llama-factory (or --for llava): dataset entries, a training "
+            "config per subset and the lmms-eval command",
+            "  compare: tive compare FULL SUBSET RANDOM (lmms-eval's results: the paper's table for your model)",
         ]
     return "\n".join(lines)
