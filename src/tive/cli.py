@@ -93,6 +93,25 @@ def _demo(args: argparse.Namespace) -> Any:
     return run_demo(Path(args.out), records=args.records, budget=args.budget, seed=args.seed)
 
 
+def _baseline(args: argparse.Namespace) -> Any:
+    from tive.baseline import run_baseline
+
+    return run_baseline(args.run_dir, args.method, args.seed)
+
+
+def _export(args: argparse.Namespace) -> Any:
+    from tive.export import run_export
+
+    return run_export(args.run_dir, args.target, model=args.model, template=args.template,
+                      finetuning_type=args.finetuning_type, out=args.out)
+
+
+def _compare(args: argparse.Namespace) -> Any:
+    from tive.compare import run_compare
+
+    return run_compare(args.results, labels=args.label, full=args.full, out=args.out)
+
+
 def _bench(args: argparse.Namespace) -> Any:
     from tive.bench.cli import run
 
@@ -149,6 +168,34 @@ COMMANDS: tuple[Command, ...] = (
     Command("estimate", "time a few warm-up steps and feature batches; project the run's time, disk and memory",
             _estimate, (_positional("run_dir", _RUN_DIR_HELP), _CONFIG),
             (EstimateOptions, WarmupOptions, FeaturesOptions)),
+    Command("baseline", "a random or task-stratified subset of the selection's size, to train beside it", _baseline, (
+        _positional("run_dir", "run directory with a selection (`tive select` / `tive run`)"),
+        (("--method",), {"required": True, "choices": ["random", "stratified"],
+                         "help": "random: uniform over the eligible records; stratified: the input's task shares"}),
+        (("--seed",), {"type": int, "default": 0, "help": "seed of the draw; in the file name when not 0 "
+                                                          "(default: 0)"}),
+    )),
+    Command("export", "files for the trainers (LLaMA-Factory, LLaVA) and the lmms-eval command, for the subset and "
+            "each baseline", _export, (
+        _positional("run_dir", "run directory with a selection (`tive select` / `tive run`)"),
+        (("--for",), {"dest": "target", "required": True, "choices": ["llama-factory", "llava"],
+                      "help": "llama-factory: dataset_info.json + a training YAML per dataset; llava: the "
+                              "arguments of LLaVA's finetune*.sh (LLaVA-format JSON only)"}),
+        (("--model",), {"help": "the model to train (default: the run's --model)"}),
+        (("--template",), {"help": "LLaMA-Factory's chat template (default: from the model's model_type)"}),
+        (("--finetuning-type",), {"dest": "finetuning_type", "choices": ["full", "lora"], "default": "full",
+                                  "help": "LLaMA-Factory: full (LLaVA-1.5's finetune.sh) or lora (default: full)"}),
+        (("--out",), {"help": "folder for the files (default: RUN/export)"}),
+    )),
+    Command("compare", "the paper's results table for your model, from lmms-eval's result files", _compare, (
+        (("results",), {"nargs": "+", "help": "lmms-eval *_results.json files, or their --output_path folders "
+                                              "(the newest below each)"}),
+        (("--label",), {"action": "append", "help": "a label per result, in order (default: the file or folder "
+                                                    "name); repeat it"}),
+        (("--full",), {"help": "the label of the model trained on all the data (default: `full`, else the first)"}),
+        (("--out",), {"default": "comparison.md", "help": "the table as Markdown; JSON beside it "
+                                                           "(default: comparison.md)"}),
+    )),
 )
 
 
