@@ -56,7 +56,7 @@ BENCHMARKS: tuple[Benchmark, ...] = (
     Benchmark("TextVQA", "textvqa_val", ("exact_match",), 100.0),
     Benchmark("POPE", "pope", ("pope_f1_score",), 100.0),
     Benchmark("MME", "mme", ("mme_perception_score", "mme_cognition_score"), None,
-              "a 2,800-point score (perception of 2,000 + cognition of 800)"),
+              "a 2,800-point score: perception of 2,000 + cognition of 800"),
     Benchmark("MMBench", "mmbench_en_dev", ("gpt_eval_score",), 1.0),
     Benchmark("MMBench-CN", "mmbench_cn_dev", ("gpt_eval_score",), 1.0),
     Benchmark("SEED-Bench", "seedbench", ("seed_image",), 100.0),
