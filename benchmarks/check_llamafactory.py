@@ -32,7 +32,7 @@ def cpu_overrides(run_dir: Path, name: str) -> list[str]:
     """`key=value` overrides for a two-step CPU run (what a user would add on the llamafactory-cli line)."""
     return [
         "bf16=false", "max_steps=2", "per_device_train_batch_size=2", "gradient_accumulation_steps=1",
-        "preprocessing_num_workers=null", "save_strategy=no", "logging_steps=1", "report_to=none",
+        "preprocessing_num_workers=null", "save_strategy='no'", "logging_steps=1", "report_to=none",
         "overwrite_output_dir=true", "use_cpu=true", f"output_dir={run_dir / 'llamafactory_check' / name}",
     ]
 
@@ -70,7 +70,7 @@ def main(run_dir: Path) -> int:
     exports = run_dir / "export" / "llama-factory"
     info = json.loads((exports / "dataset_info.json").read_text())
     report: dict[str, Any] = {
-        "versions": {p: version(p) for p in ("llamafactory", "torch", "torchvision", "torchaudio", "transformers",
+        "versions": {p: version(p) for p in ("llamafactory", "torch", "torchaudio", "transformers",
                                              "peft", "accelerate", "datasets")},
         "datasets": {},
     }

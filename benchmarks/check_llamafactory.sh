@@ -14,6 +14,7 @@ WORK="${1:-/tmp/tive-llamafactory-check}"
 LF_VENV="${LF_VENV:-.venv-llamafactory}"
 TIVE_PY="${TIVE_PY:-.venv/bin/python}"
 benchmarks/llamafactory_venv.sh "$LF_VENV"
+if [ -d "$WORK/run/export" ] && [ -n "${REUSE_RUN:-}" ]; then "$LF_VENV/bin/python" benchmarks/check_llamafactory.py "$WORK/run"; exit $?; fi
 rm -rf "$WORK" && mkdir -p "$WORK"
 "$TIVE_PY" -c "from tive.demo_data import make_demo_dataset; from pathlib import Path; print(make_demo_dataset(Path('$WORK/data'), n_records=120, seed=0))"
 "$TIVE_PY" -m tive run "$WORK/data/demo.json" --images "$WORK/data/images" --task-field dataset --model tiny \
