@@ -19,6 +19,8 @@ Layout (every file is written to a temporary name and moved into place; markers 
     tasks.json                per task: records, ok, skipped, value, budget, selected
     subset.json|.jsonl|...    the selected records, unchanged, in the input's format
     report.html               what was selected and why, self-contained (`tive report` rewrites it)
+    baselines/, baselines.json  `tive baseline`'s subsets (the input's format) and what each is
+    export/                   `tive export`'s trainer files and lmms-eval script
     tive.log                  a log of every stage run in this directory
 """
 
