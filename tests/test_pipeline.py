@@ -281,10 +281,10 @@ def test_the_end_of_a_run_says_where_the_results_are_and_how_to_train_on_them(sm
     from tive.stages.select import what_next
 
     text = what_next(small_run)
-    images = json.loads((small_run / "prepare.json").read_text())["images"]
     assert f"subset:  {small_run / 'subset.json'}" in text and str(small_run / "manifest.jsonl") in text
-    assert f"--data_path {small_run / 'subset.json'} --image_folder {images}" in text
-    assert '"formatting": "sharegpt"' in text and f"--media_dir {images}" in text
+    # the trainers' settings come from `tive export` (written and checked there), not from a hand-copied hint
+    assert f"tive export {small_run} --for llama-factory (or --for llava)" in text
+    assert f"tive baseline {small_run} --method random" in text and "tive compare" in text
 
 
 def test_select_choose_diverse_on_a_run(small_run: Path, tmp_path: Path, capsys):
