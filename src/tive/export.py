@@ -136,7 +136,7 @@ def llama_factory_entry(path: Path, records: list[Any]) -> dict[str, Any]:
     """The dataset_info.json entry that makes LLaMA-Factory's loader read `path` (its records' one shape).
 
     Raises:
-        TiveError: mixed shapes, OpenAI-style content parts, or a column present in only some records.
+        TiveError: mixed shapes, OpenAI-style content parts, or two image fields.
     """
     from tive.data.records import SHAPE_INSTRUCTION, SHAPE_LLAVA, SHAPE_OPENAI, SHAPE_SHAREGPT
 
@@ -155,15 +155,9 @@ def llama_factory_entry(path: Path, records: list[Any]) -> dict[str, Any]:
     keys = Counter(key for record in records for key in record.raw)
 
     def column(name: str) -> str | None:
-        """`name` when every record has it, None when none does; refused when only some do."""
-        if keys[name] == len(records):
-            return name
-        if keys[name] == 0:
-            return None
-        missing = next(record for record in records if name not in record.raw)
-        raise TiveError(f"{path}: record {missing.index} (id {missing.record_id!r}) has no field {name!r} that "
-                        f"{keys[name]} of {len(records)} records have; LLaMA-Factory reads one column layout per "
-                        f"dataset. Give every record the field (an empty value) or none")
+        """`name` when any record has the field, else None. A record without it reads as null (the `datasets`
+        JSON loader fills absent keys with null), which LLaMA-Factory's converters take as empty."""
+        return name if keys[name] else None
 
     def images_column(*names: str) -> str | None:
         present = [name for name in names if keys[name]]
