@@ -95,3 +95,26 @@ def test_draw_refuses_more_records_than_are_eligible() -> None:
     picks = draw_baseline(tasks, 5, "stratified", 0)
     assert Counter(tasks[i] for i in picks) == Counter({"a": 4, "b": 1})  # 3.5, 1.0, 0.5 -> a gets the unit
     assert sum(counts.values()) == 10
+
+
+def test_baselines_are_written_in_the_inputs_format_by_the_subsets_writer(tmp_path: Path) -> None:
+    """A named output (`tive baseline`'s) is the subset writer's output, with the input's suffix or a directory."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    from tive.data.formats import write_subset_from_input
+
+    records = [{"id": i, "conversations": [{"from": "human", "value": f"Q{i}"}, {"from": "gpt", "value": "A"}]}
+               for i in range(3)]
+    jsonl = tmp_path / "in.jsonl"
+    jsonl.write_text("".join(json.dumps(r) + "\n" for r in records))
+    parquet = tmp_path / "in.parquet"
+    pq.write_table(pa.Table.from_pylist(records), parquet)
+    for path, fmt, suffix in ((jsonl, "jsonl", ".jsonl"), (parquet, "parquet", ".parquet")):
+        subset = write_subset_from_input(path, fmt, [1, 0, 1], tmp_path / "run")
+        named = write_subset_from_input(path, fmt, [1, 0, 1], tmp_path / "run" / "baselines", name="random-seed2")
+        assert subset.name == f"subset{suffix}" and named.name == f"random-seed2{suffix}"
+        if fmt == "jsonl":
+            assert named.read_bytes() == subset.read_bytes()
+        else:
+            assert pq.read_table(named).to_pylist() == pq.read_table(subset).to_pylist() == [records[0], records[2]]
