@@ -71,7 +71,8 @@ def write_lmms_eval_results(output_path: Path, pretrained: str, scores: dict[str
         "configs": {task: {"task": task, "output_type": "generate_until"} for task in sorted(scores)},
         "versions": {task: "Yaml" for task in sorted(scores)},
         "n-shot": {task: 0 for task in sorted(scores)},
-        "higher_is_better": {task: {metric: True for metric, _ in TASK_METRICS.get(task, [])} for task in sorted(scores)},
+        "higher_is_better": {task: {metric: True for metric, _ in TASK_METRICS.get(task, [])}
+                             for task in sorted(scores)},
         "n-samples": {task: {"original": samples, "effective": samples} for task in scores},
         "config": {"model": "llava_hf", "model_args": model_args, "batch_size": "1", "batch_sizes": [],
                    "device": None, "use_cache": None, "limit": None, "offset": 0, "bootstrap_iters": 100000,

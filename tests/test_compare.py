@@ -14,8 +14,8 @@ from tive.compare import BENCHMARKS, run_compare
 
 def test_compare_reads_lmms_evals_files_and_reports_percent_of_full_and_the_average(tmp_path: Path) -> None:
     full = write_lmms_eval_results(tmp_path / "eval" / "full", "/m/train/full", paper_scores())
-    subset = write_lmms_eval_results(tmp_path / "eval" / "subset", "/m/train/subset", paper_scores(-0.01))
-    random = write_lmms_eval_results(tmp_path / "eval" / "random", "/m/train/random", paper_scores(-0.03))
+    write_lmms_eval_results(tmp_path / "eval" / "subset", "/m/train/subset", paper_scores(-0.01))
+    write_lmms_eval_results(tmp_path / "eval" / "random", "/m/train/random", paper_scores(-0.03))
     assert full.parent.name == "train__full" and full.name == "20261207_010203_results.json"  # lmms-eval's layout
     out = tmp_path / "table.md"
     table = run_compare([str(tmp_path / "eval" / n) for n in ("full", "subset", "random")], out=str(out))

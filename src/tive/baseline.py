@@ -164,7 +164,7 @@ def baselines_section(run_dir: Path) -> str:
     tasks = sorted({task for entry in index.values() for task in entry["per_task"]}
                    | {task for entry in index.values() for task in entry.get("subset_per_task", {})})
     head = "".join(f"<th>{escape(name)}</th>" for name in index)
-    body = [f"<tr><td>file</td>" + "".join(f"<td><code>{escape(entry['file'])}</code></td>"
+    body = ["<tr><td>file</td>" + "".join(f"<td><code>{escape(entry['file'])}</code></td>"
                                           for entry in index.values()) + "</tr>",
             "<tr><td>records</td>" + "".join(
                 f"<td>{entry['records']:,}" + ("" if entry["subset_records"] == current else

@@ -26,7 +26,7 @@ from collections import Counter
 from pathlib import Path
 from typing import Any
 
-from tive.baseline import BASELINES_DIR, read_baselines
+from tive.baseline import read_baselines
 from tive.errors import TiveError
 from tive.io import read_json, write_json, write_text
 from tive.rundir import PREPARE_FILE, TASKS_FILE, open_run_dir, stage_log
@@ -317,7 +317,8 @@ def lmms_eval_script(run_dir: Path, models: dict[str, str], model_class: str) ->
              "# tive export: lmms-eval (0.7.3) on the paper's benchmarks for the model trained on each dataset.",
              "# Add the model trained on the whole dataset as `full` (tive compare reports % of it), e.g.",
              f"#   python -m lmms_eval --model {model_class} --model_args pretrained=FULL_MODEL --tasks "
-             f"{lmms_eval_tasks()} --batch_size 1 --output_path {shlex.quote(str((run_dir / EVAL_DIR / 'full').resolve()))}",
+             f"{lmms_eval_tasks()} --batch_size 1 "
+             f"--output_path {shlex.quote(str((run_dir / EVAL_DIR / 'full').resolve()))}",
              "# LLaVA-Bench and MM-Vet are scored by a GPT judge (OPENAI_API_KEY); MMBench uses it to match free-form "
              "answers. Several GPUs: accelerate launch --num_processes N -m lmms_eval ...",
              "set -euo pipefail"]

@@ -190,7 +190,8 @@ def what_next(run_dir: Path) -> str:
     lines.append(f"  scores:  {run_dir / 'manifest.jsonl'} (per record), {run_dir / TASKS_FILE} (per task)")
     if subset is not None:
         lines += [
-            f"  baseline: tive baseline {run_dir} --method random (a random subset of the same size, to train beside it)",
+            f"  baseline: tive baseline {run_dir} --method random (a random subset of the same size, to train "
+            "beside it)",
             f"  train:   tive export {run_dir} --for llama-factory (or --for llava): dataset entries, a training "
             "config per subset and the lmms-eval command",
             "  compare: tive compare FULL SUBSET RANDOM (lmms-eval's results: the paper's table for your model)",
