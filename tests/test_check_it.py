@@ -1,5 +1,6 @@
 """End to end, as README's "Check it on your model" gives it: `tive run` -> `tive baseline` -> `tive export` ->
-(LLaMA-Factory's own loader, where it is importable) -> `tive compare` on result files in lmms-eval's format.
+(LLaMA-Factory's own loader and two training steps, where its venv exists) -> `tive compare` on result files in
+lmms-eval's format.
 
 Nothing is written by hand: every path comes from what tive wrote (the export's YAMLs and lmms-eval script); the
 evaluation results are written in lmms-eval 0.7.3's layout for the models and output paths the script names.
@@ -68,19 +69,34 @@ def test_run_baseline_export_compare(exported: Path) -> None:
     assert table["average"]["percent_of_full"]["subset"] < 100
 
 
-def test_llama_factory_loads_the_exported_datasets(exported: Path) -> None:
-    """LLaMA-Factory's own loader on the exported entries (benchmarks/check_llamafactory.sh also trains two steps
-    in its own venv; it is not a test dependency)."""
-    pytest.importorskip("llamafactory", reason="llamafactory is not installed here; benchmarks/check_llamafactory.sh "
-                                               "checks the export in its own venv")
-    import sys
+def _llamafactory_python() -> str | None:
+    """An interpreter with llamafactory: $TIVE_LLAMAFACTORY_PYTHON, or the venv benchmarks/llamafactory_venv.sh
+    makes at the repository root (.venv-llamafactory); None when neither exists."""
+    import os
 
-    sys.path.insert(0, str(Path(__file__).parents[1] / "benchmarks"))
-    from check_llamafactory import cpu_overrides, load_with_llamafactory, read_yaml_as_cli
+    given = os.environ.get("TIVE_LLAMAFACTORY_PYTHON")
+    if given:
+        return given
+    default = Path(__file__).parents[1] / ".venv-llamafactory" / "bin" / "python"
+    return str(default) if default.is_file() else None
 
-    for name in ("subset", "random"):
-        args = read_yaml_as_cli(exported / "export" / "llama-factory" / f"train_{name}.yaml",
-                                cpu_overrides(exported, name))
-        loaded = load_with_llamafactory(args)
-        assert loaded["rows"] == len(json.loads((exported / f"{'subset' if name == 'subset' else 'baselines/random'}"
-                                                           ".json").read_text()))
+
+def test_llama_factory_loads_the_exported_datasets_and_trains(exported: Path) -> None:
+    """LLaMA-Factory's own loader on every exported entry, and two training steps on the CPU, run by
+    benchmarks/check_llamafactory.py in LLaMA-Factory's own venv (it is not a test dependency)."""
+    import subprocess
+
+    python = _llamafactory_python()
+    if python is None:
+        pytest.skip("no LLaMA-Factory venv (make one with benchmarks/llamafactory_venv.sh, or set "
+                    "TIVE_LLAMAFACTORY_PYTHON): llamafactory 0.9.5 needs dependencies tive's venv does not have")
+    script = Path(__file__).parents[1] / "benchmarks" / "check_llamafactory.py"
+    result = subprocess.run([python, str(script), str(exported)], capture_output=True, text=True, timeout=1200)
+    report = json.loads((exported / "llamafactory_check.json").read_text())
+    assert set(report["datasets"]) == {"subset", "random", "stratified-seed1"}, result.stdout[-2000:]
+    for name, outcome in report["datasets"].items():
+        assert "load_error" not in outcome and "train_error" not in outcome, (name, outcome)
+        assert outcome["loaded"]["rows"] == outcome["records"] == 20  # every exported record, through its loader
+        assert outcome["loaded"]["rows_with_images"] == outcome["records_with_images"]
+        assert outcome["train"]["global_step"] == 2 and len(outcome["train"]["losses"]) == 2
+    assert report["ok"] and result.returncode == 0
