@@ -133,3 +133,17 @@ def test_export_without_a_known_template_says_what_to_give(run_copy: Path, tmp_p
                  "--template", "qwen2_vl", "--finetuning-type", "lora"]) == 0
     config = yaml.safe_load((run_copy / "export" / "llama-factory" / "train_subset.yaml").read_text())
     assert config["template"] == "qwen2_vl" and config["finetuning_type"] == "lora" and config["lora_rank"] == 128
+
+
+def test_export_refuses_a_baseline_made_for_another_selection(run_copy: Path, capsys: pytest.CaptureFixture) -> None:
+    from tive.config import SelectOptions
+    from tive.stages import run_select
+
+    run_select(run_copy, SelectOptions(budget="0.1", select_seed=5))  # the subset shrinks; the baseline does not
+    assert main(["export", str(run_copy), "--for", "llama-factory"]) == 2
+    err = capsys.readouterr().err
+    assert "baseline random was made for a 28-record subset; the subset now has 14" in err
+    assert "stale: made for a 28-record subset" in (run_copy / "report.html").read_text()
+    assert "Traceback" not in err
+    run_baseline(run_copy, "random")
+    assert main(["export", str(run_copy), "--for", "llama-factory"]) == 0

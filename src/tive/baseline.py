@@ -160,22 +160,24 @@ def baselines_section(run_dir: Path) -> str:
     index = read_baselines(run_dir)
     if not index:
         return ""
-    current = sum(int(row.get("selected") or 0) for row in read_manifest(run_dir))
-    tasks = sorted({task for entry in index.values() for task in entry["per_task"]}
-                   | {task for entry in index.values() for task in entry.get("subset_per_task", {})})
-    head = "".join(f"<th>{escape(name)}</th>" for name in index)
-    body = ["<tr><td>file</td>" + "".join(f"<td><code>{escape(entry['file'])}</code></td>"
-                                          for entry in index.values()) + "</tr>",
-            "<tr><td>records</td>" + "".join(
+    subset: Counter = Counter()
+    for row in read_manifest(run_dir):
+        subset[row["task"]] += int(row.get("selected") or 0)
+    current = sum(subset.values())
+    tasks = sorted({task for entry in index.values() for task in entry["per_task"]} | set(+subset))
+    head = "<th>the subset</th>" + "".join(f"<th>{escape(name)}</th>" for name in index)
+    subset_file = next((p.name for p in sorted(run_dir.glob("subset*"))), "")
+    body = [f"<tr><td>file</td><td><code>{escape(subset_file)}</code></td>" + "".join(f"<td><code>{escape(entry['file'])}</code></td>"
+                                                   for entry in index.values()) + "</tr>",
+            f"<tr><td>records</td><td>{current:,}</td>" + "".join(
                 f"<td>{entry['records']:,}" + ("" if entry["subset_records"] == current else
                                                f" <b>(stale: made for a {entry['subset_records']:,}-record subset; "
-                                               "run `tive baseline` again)</b>") + "</td>"
+                                               "run <code>tive baseline</code> again)</b>") + "</td>"
                 for entry in index.values()) + "</tr>"]
-    subset = next(iter(index.values())).get("subset_per_task", {})
     for task in tasks:
-        body.append(f"<tr><td>{escape(task)} (subset: {subset.get(task, 0):,})</td>"
+        body.append(f"<tr><td>{escape(task)}</td><td>{subset.get(task, 0):,}</td>"
                     + "".join(f"<td>{entry['per_task'].get(task, 0):,}</td>" for entry in index.values()) + "</tr>")
     return ("<section id=\"baselines\"><h2>Baselines</h2><p>Subsets of the same size as the selection, of distinct "
             "eligible records, to train beside it (<code>tive baseline</code>): <i>random</i> draws uniformly, "
-            "<i>stratified</i> keeps the input's task shares. Records per task:</p>"
-            f"<table><thead><tr><th></th>{head}</tr></thead><tbody>{''.join(body)}</tbody></table></section>")
+            "<i>stratified</i> keeps the input's task shares. Records per task, beside the subset's:</p>"
+            f"<table><thead><tr><th>task</th>{head}</tr></thead><tbody>{''.join(body)}</tbody></table></section>")

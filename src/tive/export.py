@@ -29,7 +29,7 @@ from typing import Any
 from tive.baseline import read_baselines
 from tive.errors import TiveError
 from tive.io import read_json, write_json, write_text
-from tive.rundir import PREPARE_FILE, TASKS_FILE, open_run_dir, stage_log
+from tive.rundir import PREPARE_FILE, TASKS_FILE, open_run_dir, read_manifest, stage_log
 from tive.stages.common import say
 
 EXPORT_DIR = "export"
@@ -74,7 +74,12 @@ def datasets_of(run_dir: Path) -> dict[str, Path]:
         raise TiveError(f"{run_dir}: no subset file (a run on bring-your-own features writes none); nothing to "
                         "export")
     found = {"subset": subset}
+    size = sum(int(row.get("selected") or 0) for row in read_manifest(run_dir))
     for name, entry in read_baselines(run_dir).items():
+        if entry["subset_records"] != size:
+            raise TiveError(f"{run_dir / 'baselines.json'}: baseline {name} was made for a {entry['subset_records']}-"
+                            f"record subset; the subset now has {size}. Run `tive baseline {run_dir} --method "
+                            f"{entry['method']} --seed {entry['seed']}` again, so that both train on as many records")
         path = run_dir / entry["file"]
         if not path.exists():
             raise TiveError(f"{path}: listed in {run_dir / 'baselines.json'} but missing; run `tive baseline "
@@ -88,16 +93,6 @@ def _records(path: Path) -> list[Any]:
     from tive.data import load_dataset
 
     return load_dataset(path).records
-
-
-def _raw_texts(record: Any) -> list[str]:
-    """The text of each turn as written in the record (for counting `<image>` placeholders)."""
-    texts = []
-    for turn in record.turns:
-        for part in turn.content:
-            if part.get("type") == "text":
-                texts.append(part["text"])
-    return texts
 
 
 def check_placeholders(path: Path, records: list[Any]) -> None:
