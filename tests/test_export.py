@@ -147,3 +147,18 @@ def test_export_refuses_a_baseline_made_for_another_selection(run_copy: Path, ca
     assert "Traceback" not in err
     run_baseline(run_copy, "random")
     assert main(["export", str(run_copy), "--for", "llama-factory"]) == 0
+
+
+def test_export_trains_the_target_model_when_a_proxy_selected(run_copy: Path, tmp_path: Path) -> None:
+    """With a proxy reference (`--target-model`, recorded in config.yaml's warmup section), the YAML trains the
+    target, with the target's template."""
+    target = tmp_path / "target"
+    target.mkdir()
+    (target / "config.json").write_text(json.dumps({"model_type": "qwen2_5_vl"}))
+    config = yaml.safe_load((run_copy / "config.yaml").read_text())
+    config["warmup"]["target_model"] = str(target)
+    (run_copy / "config.yaml").write_text(yaml.safe_dump(config))
+    run_export(run_copy, "llama-factory")
+    trained = yaml.safe_load((run_copy / "export" / "llama-factory" / "train_subset.yaml").read_text())
+    assert trained["model_name_or_path"] == str(target) and trained["template"] == "qwen2_vl"
+    assert "--model qwen2_5_vl " in (run_copy / "export" / "lmms_eval.sh").read_text()

@@ -181,7 +181,7 @@ COMMANDS: tuple[Command, ...] = (
         (("--for",), {"dest": "target", "required": True, "choices": ["llama-factory", "llava"],
                       "help": "llama-factory: dataset_info.json + a training YAML per dataset; llava: the "
                               "arguments of LLaVA's finetune*.sh (LLaVA-format JSON only)"}),
-        (("--model",), {"help": "the model to train (default: the run's --model)"}),
+        (("--model",), {"help": "the model to train (default: the run's --target-model, else its --model)"}),
         (("--template",), {"help": "LLaMA-Factory's chat template (default: from the model's model_type)"}),
         (("--finetuning-type",), {"dest": "finetuning_type", "choices": ["full", "lora"], "default": "full",
                                   "help": "LLaMA-Factory: full (LLaVA-1.5's finetune.sh) or lora (default: full)"}),

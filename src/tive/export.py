@@ -192,7 +192,8 @@ def _model_type(model: str | None) -> str | None:
 
 
 def _default_model(run_dir: Path) -> str | None:
-    """The model the run selected with: its warm-up's `--model` (the saved built-in model for tiny / small)."""
+    """The model the subset is for: the warm-up's `--target-model` where a proxy reference selected, else its
+    `--model` (the saved built-in model for tiny / small)."""
     from tive.rundir import BASE_MODEL_DIR
 
     config = run_dir / "config.yaml"
@@ -200,7 +201,8 @@ def _default_model(run_dir: Path) -> str | None:
     if config.is_file():
         import yaml
 
-        model = ((yaml.safe_load(config.read_text(encoding="utf-8")) or {}).get("warmup") or {}).get("model")
+        warmup = (yaml.safe_load(config.read_text(encoding="utf-8")) or {}).get("warmup") or {}
+        model = warmup.get("target_model") or warmup.get("model")
     if model in ("tiny", "small") and (run_dir / BASE_MODEL_DIR).is_dir():
         return str((run_dir / BASE_MODEL_DIR).resolve())
     return model
