@@ -84,3 +84,11 @@ def test_compare_takes_the_newest_results_file_of_a_folder(tmp_path: Path) -> No
     write_lmms_eval_results(tmp_path / "run", "/m/x", {"gqa": {"exact_match": 0.6}}, date="20261202_000000")
     table = run_compare([str(tmp_path / "run")], out=str(tmp_path / "t.md"))
     assert table["rows"][0]["scores"] == {"run": 0.6}
+
+
+@pytest.mark.parametrize("command", ["baseline", "export", "compare"])
+def test_the_check_it_commands_have_working_help(command: str, capsys: pytest.CaptureFixture) -> None:
+    with pytest.raises(SystemExit) as exit_info:
+        main([command, "--help"])
+    assert exit_info.value.code == 0
+    assert "usage: tive " + command in capsys.readouterr().out
