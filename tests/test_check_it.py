@@ -42,27 +42,26 @@ def test_run_baseline_export_compare(exported: Path) -> None:
     for name in ("random", "stratified-seed1"):
         assert len(json.loads((run / "baselines" / f"{name}.json").read_text())) == len(subset) == 20
     info = json.loads((run / "export" / "llama-factory" / "dataset_info.json").read_text())
-    assert set(info) == {"tive_subset", "tive_random", "tive_stratified-seed1"}
+    assert set(info) == {"tive_full", "tive_subset", "tive_random", "tive_stratified-seed1"}
     for key, entry in info.items():
         config = yaml.safe_load((run / "export" / "llama-factory" / f"train_{key[5:]}.yaml").read_text())
         assert config["dataset"] == key and Path(entry["file_name"]).is_file()
     # Evaluate: each command of the exported lmms-eval script, as lmms-eval would write its results.
     commands = [shlex.split(line) for line in (run / "export" / "lmms_eval.sh").read_text().splitlines()
                 if line.startswith("python -m lmms_eval")]
-    assert len(commands) == 3
+    assert len(commands) == 4  # full, subset, random, stratified-seed1
     outputs = []
     for number, command in enumerate(commands):
         pretrained = command[command.index("--model_args") + 1].removeprefix("pretrained=")
         output = Path(command[command.index("--output_path") + 1])
         tasks = command[command.index("--tasks") + 1].split(",")
-        scores = {task: value for task, value in paper_scores(-0.01 * (number + 1)).items() if task in tasks}
+        scores = {task: value for task, value in paper_scores(-0.01 * number).items() if task in tasks}
         assert set(scores) == set(tasks)
         write_lmms_eval_results(output, pretrained, scores)
         outputs.append(output)
-    full = re.search(r"--output_path (\S+)", (run / "export" / "lmms_eval.sh").read_text()).group(1)
-    write_lmms_eval_results(Path(full), str(run / "train" / "full"), paper_scores())
+    compare = re.search(r"^# then: (tive compare .*)$", (run / "export" / "lmms_eval.sh").read_text(), re.M)
     out = run / "comparison.md"
-    assert main(["compare", full, *map(str, outputs), "--out", str(out)]) == 0
+    assert main([*shlex.split(compare.group(1))[1:], "--out", str(out)]) == 0  # the command the script gives
     table = json.loads(out.with_suffix(".json").read_text())
     assert table["labels"] == ["full", "subset", "random", "stratified-seed1"] and table["full"] == "full"
     assert len(table["average"]["benchmarks"]) == 9
@@ -93,10 +92,10 @@ def test_llama_factory_loads_the_exported_datasets_and_trains(exported: Path) ->
     script = Path(__file__).parents[1] / "benchmarks" / "check_llamafactory.py"
     result = subprocess.run([python, str(script), str(exported)], capture_output=True, text=True, timeout=1200)
     report = json.loads((exported / "llamafactory_check.json").read_text())
-    assert set(report["datasets"]) == {"subset", "random", "stratified-seed1"}, result.stdout[-2000:]
+    assert set(report["datasets"]) == {"full", "subset", "random", "stratified-seed1"}, result.stdout[-2000:]
     for name, outcome in report["datasets"].items():
         assert "load_error" not in outcome and "train_error" not in outcome, (name, outcome)
-        assert outcome["loaded"]["rows"] == outcome["records"] == 20  # every exported record, through its loader
+        assert outcome["loaded"]["rows"] == outcome["records"] == (100 if name == "full" else 20)  # every record
         assert outcome["loaded"]["rows_with_images"] == outcome["records_with_images"]
         assert outcome["train"]["global_step"] == 2 and len(outcome["train"]["losses"]) == 2
     assert report["ok"] and result.returncode == 0

@@ -29,7 +29,8 @@ def test_llama_factory_export_names_every_dataset_by_absolute_path_with_its_layo
     assert main(["export", str(run_copy), "--for", "llama-factory"]) == 0
     folder = run_copy / "export" / "llama-factory"
     info = read_json(folder / "dataset_info.json")
-    assert set(info) == {"tive_subset", "tive_random"}
+    assert set(info) == {"tive_full", "tive_subset", "tive_random"}
+    assert info["tive_full"]["file_name"] == str(Path(read_json(run_copy / "prepare.json")["data"]).resolve())
     assert info["tive_subset"]["file_name"] == str((run_copy / "subset.json").resolve())
     assert info["tive_random"]["file_name"] == str((run_copy / "baselines" / "random.json").resolve())
     for entry in info.values():
@@ -39,7 +40,7 @@ def test_llama_factory_export_names_every_dataset_by_absolute_path_with_its_layo
         assert entry["columns"] == {"messages": "conversations", "images": "image"}
         assert entry["tags"]["role_tag"] == "from" and entry["tags"]["user_tag"] == "human"
     images = read_json(run_copy / "prepare.json")["images"]
-    for name in ("subset", "random"):
+    for name in ("full", "subset", "random"):
         config = yaml.safe_load((folder / f"train_{name}.yaml").read_text())
         assert config["dataset"] == f"tive_{name}" and config["dataset_dir"] == str(folder.resolve())
         assert config["media_dir"] == str(Path(images).resolve()) and Path(config["media_dir"]).is_absolute()
@@ -50,7 +51,7 @@ def test_llama_factory_export_names_every_dataset_by_absolute_path_with_its_layo
         assert config["num_train_epochs"] == 1.0 and config["output_dir"].endswith(f"train/{name}")
     script = (run_copy / "export" / "lmms_eval.sh").read_text()
     tasks = ",".join(b.task for b in BENCHMARKS)
-    for name in ("subset", "random"):
+    for name in ("full", "subset", "random"):
         assert (f"--model llava_hf --model_args pretrained={(run_copy / 'train' / name).resolve()} --tasks {tasks}"
                 in script)
         assert f"--output_path {(run_copy / 'eval' / name).resolve()}" in script

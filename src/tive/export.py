@@ -1,8 +1,8 @@
 """`tive export`: the subset and its baselines as the trainers and evaluators people use take them.
 
-- `--for llama-factory` writes `RUN/export/llama-factory/dataset_info.json` (one entry per dataset: the subset and
-  each baseline, by absolute path, with the `formatting`, `columns` and `tags` LLaMA-Factory's own loader reads —
-  `llamafactory.data.parser.DatasetAttr`, 0.9.5) and one training YAML per dataset (`train_NAME.yaml`:
+- `--for llama-factory` writes `RUN/export/llama-factory/dataset_info.json` (one entry per dataset: the whole
+  input as `full`, the subset and each baseline, by absolute path, with the `formatting`, `columns` and `tags`
+  LLaMA-Factory's own loader reads — `llamafactory.data.parser.DatasetAttr`, 0.9.5) and one training YAML per dataset (`train_NAME.yaml`:
   `dataset_dir` is that folder, `media_dir` the absolute image folder, the hyperparameters of LLaVA-1.5's
   `finetune.sh`: one epoch, lr 2e-5, cosine, 3% warm-up, 2,048 tokens, vision tower frozen).
 - `--for llava` writes `RUN/export/llava/NAME.args`: the arguments of LLaVA's `scripts/v1_5/finetune*.sh` that
@@ -14,8 +14,8 @@
 
 The records are checked as LLaMA-Factory will read them: one record shape per file (one dataset_info entry
 describes one layout), as many `<image>` placeholders as images (its multimodal plugin refuses a mismatch at
-training time), string message contents. The exported files are the subset and baseline files themselves; nothing
-is copied or rewritten.
+training time), string message contents. The exported files are the input, subset and baseline files themselves;
+nothing is copied or rewritten.
 """
 
 from __future__ import annotations
@@ -66,14 +66,24 @@ LLAVA15_TRAINING: dict[str, Any] = {
 
 
 def datasets_of(run_dir: Path) -> dict[str, Path]:
-    """The run's trainable datasets by name: `subset`, then each baseline (in baselines.json order)."""
+    """The run's trainable datasets by name: `full` (the input itself, checked unchanged since prepare: the model
+    the others are compared with), `subset`, then each baseline (in baselines.json order)."""
+    from tive.data.formats import dataset_sha256
+
     if not (run_dir / TASKS_FILE).is_file():
         raise TiveError(f"{run_dir}: no selection yet; run `tive select {run_dir}` (or `tive run`) first")
     subset = next((p for p in sorted(run_dir.glob("subset*")) if p.name.startswith("subset")), None)
     if subset is None:
         raise TiveError(f"{run_dir}: no subset file (a run on bring-your-own features writes none); nothing to "
                         "export")
-    found = {"subset": subset}
+    info = read_json(run_dir / PREPARE_FILE)
+    data = Path(info["data"])
+    if not data.exists():
+        raise TiveError(f"{data}: the input prepared in {run_dir} is gone; restore it or prepare again")
+    if dataset_sha256(data) != info["data_sha256"]:
+        raise TiveError(f"{data}: changed since `tive prepare` (SHA-256 differs); prepare again into a new run "
+                        "directory")
+    found = {"full": data.resolve(), "subset": subset}
     size = sum(int(row.get("selected") or 0) for row in read_manifest(run_dir))
     for name, entry in read_baselines(run_dir).items():
         if entry["subset_records"] != size:
@@ -311,11 +321,8 @@ def lmms_eval_script(run_dir: Path, models: dict[str, str], model_class: str) ->
     from tive.compare import lmms_eval_tasks
 
     lines = ["#!/usr/bin/env bash",
-             "# tive export: lmms-eval (0.7.3) on the paper's benchmarks for the model trained on each dataset.",
-             "# Add the model trained on the whole dataset as `full` (tive compare reports % of it), e.g.",
-             f"#   python -m lmms_eval --model {model_class} --model_args pretrained=FULL_MODEL --tasks "
-             f"{lmms_eval_tasks()} --batch_size 1 "
-             f"--output_path {shlex.quote(str((run_dir / EVAL_DIR / 'full').resolve()))}",
+             "# tive export: lmms-eval (0.7.3) on the paper's benchmarks for the model trained on each dataset",
+             "# (`full`: on the whole input, the model tive compare reports % of).",
              "# LLaVA-Bench and MM-Vet are scored by a GPT judge (OPENAI_API_KEY); MMBench uses it to match free-form "
              "answers. Several GPUs: accelerate launch --num_processes N -m lmms_eval ...",
              "set -euo pipefail"]
@@ -323,7 +330,7 @@ def lmms_eval_script(run_dir: Path, models: dict[str, str], model_class: str) ->
         lines.append(f"python -m lmms_eval --model {model_class} --model_args pretrained={shlex.quote(model)} "
                      f"--tasks {lmms_eval_tasks()} --batch_size 1 "
                      f"--output_path {shlex.quote(str((run_dir / EVAL_DIR / name).resolve()))}")
-    names = " ".join(shlex.quote(str((run_dir / EVAL_DIR / name).resolve())) for name in ["full", *models])
+    names = " ".join(shlex.quote(str((run_dir / EVAL_DIR / name).resolve())) for name in models)
     lines.append(f"# then: tive compare {names}")
     return "\n".join(lines) + "\n"
 
