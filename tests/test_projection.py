@@ -30,6 +30,16 @@ VARIANTS = [
 IDS = ["sjlt", "sjlt-1", "sjlt-fixed", "dense", "dense-streamed"]
 
 
+def rounding_tolerance(name: str) -> float:
+    """Relative error allowed between two summation orders of the same projection.
+
+    sjlt adds each coordinate on its own, in a fixed order: 1e-6. A dense projection is a float32 matrix product
+    over up to 140,003 coordinates, whose accumulation order (and so its rounding, ~1e-6 measured) depends on the
+    BLAS kernel the CPU selects: 1e-5, still five orders of magnitude below what a misplaced slice or row gives.
+    """
+    return 1e-5 if name == "dense" else 1e-6
+
+
 def _grads(batch: int, dim: int, seed: int = 0) -> torch.Tensor:
     return torch.randn(batch, dim, generator=torch.Generator().manual_seed(seed))
 
@@ -172,7 +182,7 @@ def test_project_equals_the_sum_of_slices_over_any_tiling(name: str, options: di
         start += width
     assert start == 140003
     summed = out.to(torch.float32)
-    assert ((summed - whole).norm() / whole.norm()) < 1e-6
+    assert ((summed - whole).norm() / whole.norm()) < rounding_tolerance(name)
     if name == "sjlt" and tiling in ("whole", "aligned"):  # every chunk sum is the same as in project
         assert torch.equal(summed, whole)
 
@@ -193,7 +203,7 @@ def test_reruns_are_byte_identical_and_batch_splits_agree(name: str, options: di
     first = projector.project(grads)
     assert torch.equal(first, projector.project(grads))
     split = torch.cat([projector.project(grads[:1]), projector.project(grads[1:4]), projector.project(grads[4:])])
-    assert ((split - first).norm(dim=1) / first.norm(dim=1)).max() < 1e-6
+    assert ((split - first).norm(dim=1) / first.norm(dim=1)).max() < rounding_tolerance(name)
     if name == "sjlt":  # each record is summed on its own, in a fixed order: bit-identical
         assert torch.equal(split, first)
 
