@@ -54,8 +54,8 @@ def read_warmup(run_dir: Path) -> dict[str, Any]:
     if version != ENCODING_VERSION:
         raise TiveError(
             f"{marker}: the warm-up was made with encoding version {version}, this tive encodes records with "
-            f"version {ENCODING_VERSION} (one BOS, an end-of-turn token after every answer); rerun "
-            f"`tive warmup {run_dir} --force` (its features cannot be mixed with new ones)"
+            f"version {ENCODING_VERSION} (one BOS, an end-of-turn token after every answer); redo the warm-up, then "
+            f"the features (they cannot be mixed with new ones): {redo_advice(run_dir, warm)}"
         )
     return warm
 
@@ -70,7 +70,8 @@ def feature_request(run_dir: Path, warm: dict[str, Any], options: FeaturesOption
     model_dir = Path(warm["model_dir"])
     fingerprint = model_fingerprint(model_dir)
     if fingerprint != warm["model_fingerprint"]:
-        raise TiveError(f"{model_dir}: changed since the warm-up; rerun `tive warmup {run_dir} --force`")
+        raise TiveError(f"{model_dir}: the base model changed since the warm-up (its files differ); redo the warm-up "
+                        f"on it, then the features: {redo_advice(run_dir, warm)}")
     return {
         "model": warm["settings"]["model"],
         "model_fingerprint": fingerprint,
@@ -87,6 +88,18 @@ def feature_request(run_dir: Path, warm: dict[str, Any], options: FeaturesOption
         "feature_dtype": options.feature_dtype,
         "loss": "mean cross-entropy over answer tokens",
     }
+
+
+def redo_advice(run_dir: Path, warm: dict[str, Any]) -> str:
+    """The commands that redo the warm-up with its own options, then the features with theirs (both forced)."""
+    from tive.config import CONFIG_FILE, load_config
+
+    config = run_dir / CONFIG_FILE
+    sections = load_config(config) if config.is_file() else {}
+    warmup = f"--config {config}" if "warmup" in sections else f"--model {warm['settings']['model']}"
+    features = f" --config {config}" if "features" in sections else ""
+    return (f"`tive warmup {run_dir} {warmup} --force`, then `tive features {run_dir}{features} --force`"
+            + ("" if "warmup" in sections else " (with the warm-up's other options as before)"))
 
 
 def _check_options(options: FeaturesOptions) -> None:
