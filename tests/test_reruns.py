@@ -90,6 +90,22 @@ def test_a_lower_cap_rechecks_the_recorded_counts_and_says_so(own_data: Path, tm
     assert sum(row["status"] != "ok" for row in manifest(run)) == 12  # the run is as it was
 
 
+def test_a_finished_stages_skips_are_rechecked_against_the_policy_of_the_command():
+    from tive.badrecords import recheck
+
+    assert recheck("features", 0, 100, "error", 0.01) is None
+    assert recheck("features", 5, 100, "skip", 0.01, ran_with=0.01) is None  # 10 or fewer never stop a stage
+    assert recheck("features", 12, 100, "skip", 0.2, ran_with=0.2) is None
+    assert "re-checked: its 12 of 100 skipped records are within --max-bad-fraction 0.15 (it ran with 0.2)" in \
+        recheck("features", 12, 100, "skip", 0.15, ran_with=0.2)
+    assert "re-checked" in recheck("features", 12, 100, "skip", 0.15)  # the cap it ran with not known: said
+    with pytest.raises(TiveError, match=r"features: 12 of 100 records were skipped .*first: record 3: x.*more than "
+                                        r"--max-bad-fraction 0.1 allows"):
+        recheck("features", 12, 100, "skip", 0.1, ran_with=0.2, first="record 3: x")
+    with pytest.raises(TiveError, match="--on-bad-record error stops at the first one"):
+        recheck("warmup", 1, 100, "error", 0.5)
+
+
 # ------------------------------------------------------------------------------------------ model change (item 4)
 def perturb_weights(model: Path) -> None:
     from safetensors.torch import load_file, save_file
@@ -260,11 +276,30 @@ def test_retry_skipped_recomputes_exactly_the_records_whose_reason_can_change(ow
     assert read(run / "features" / "meta.json")["skipped"] == before["skipped"]
     for path, data in originals.items():
         path.write_bytes(data)
+    # Fixed: they are computed and merged. A commit cut short (killed between moving the arrays and meta.json into
+    # place) is finished by the next features run.
+    import tive.stages.retry
+
+    real_replace, moves = tive.stages.retry.os.replace, []
+
+    def killed_after_the_first_move(source, target):  # (os.replace is os's: the atomic writes pass here too)
+        if Path(source).parent.name == "retry" and Path(target).parent.name == "features":
+            moves.append(target)
+            if len(moves) == 2:
+                raise KeyboardInterrupt
+        real_replace(source, target)
+
+    monkeypatch.setattr(tive.stages.retry.os, "replace", killed_after_the_first_move)
     capsys.readouterr()
-    meta = run_features(run, FeaturesOptions(**{**features.__dict__, "retry_skipped": True}))
-    out = capsys.readouterr().out
-    assert "2 of 3 skipped records" in out and "retried" in out
+    with pytest.raises(KeyboardInterrupt):
+        run_features(run, FeaturesOptions(**{**features.__dict__, "retry_skipped": True}))
+    monkeypatch.setattr(tive.stages.retry.os, "replace", real_replace)
+    assert "2 of 3 skipped records were skipped for a reason that can change" in capsys.readouterr().out
+    assert moves[0].name == "features.npy" and (run / "features" / "retry" / "merged.json").is_file()
+    meta = run_features(run, features)
+    assert "finished merging the records retried before" in capsys.readouterr().out
     assert list(meta["skipped"]) == [str(not_finite[0])]  # the record skipped for its content is not retried
+    assert meta["retries"][0]["records"] == 2 and meta["retries"][0]["recovered"] == 2
     rows = manifest(run)
     ok = [row for row in rows if row["status"] == "ok"]
     assert [row["index"] for row in rows if row["status"] != "ok"] == not_finite

@@ -473,6 +473,19 @@ def _recorded_path(value: str) -> str:
     return str(path.resolve()) if path.exists() else value
 
 
+def recorded_option(run_dir: Path, section: str, name: str) -> Any:
+    """The value RUN/config.yaml recorded for option `name` of `section` (None when it recorded none)."""
+    import yaml
+
+    path = Path(run_dir) / CONFIG_FILE
+    try:
+        recorded = yaml.safe_load(path.read_text(encoding="utf-8")) if path.is_file() else None
+    except (OSError, yaml.YAMLError):
+        return None
+    section_values = (recorded or {}).get(section)
+    return section_values.get(name) if isinstance(section_values, dict) else None
+
+
 def version_warnings(config: dict[str, Any]) -> list[str]:
     """One line per package whose version differs from the one the configuration recorded."""
     recorded = config.get("versions") or {}

@@ -116,7 +116,8 @@ def ok_rows(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
 
 def candidate_rows(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
     """The rows prepare left ok, in manifest order: what the warm-up and the features stage work on (the features
-    stage may since have skipped some, `FEATURES_SKIP`; a new features run tries them again)."""
+    stage may since have skipped some, `FEATURES_SKIP`; `tive features --retry-skipped` tries those whose reason
+    can change again, `--force` all)."""
     return [row for row in rows if row["status"] == STATUS_OK or row["status"].startswith(FEATURES_SKIP)]
 
 

@@ -37,6 +37,7 @@ from tive.rundir import (
     write_manifest,
 )
 from tive.stages.common import check_encoding_options, say
+from tive.stages.retry import finish_retry, recheck_features, retry_skipped
 
 # How often rank 0 looks for its peers' chunks while it waits to complete the store.
 POLL_SECONDS = 2.0
@@ -142,10 +143,17 @@ def _features(run_dir: Path, options: FeaturesOptions, launch: Launch) -> dict[s
     if not candidates:
         raise TiveError(f"{run_dir}: no record has status ok; nothing to compute")
     store = FeatureStore(run_dir / FEATURES_DIR)
+    finish_retry(store)
     request = feature_request(run_dir, warm, options, candidates)
     if store.is_complete(request) and not options.force:
+        if options.retry_skipped:
+            return retry_skipped(run_dir, options, launch, warm, store, candidates)
         say(f"features: already computed with the same model, adapter and projection ({store.dir}); nothing to do")
+        recheck_features(run_dir, store.meta() or {}, len(candidates), options)
         return sync_manifest(run_dir, store)
+    if options.retry_skipped and not options.force:
+        say("features: --retry-skipped: the store is not complete yet; computing it first (the records it skips "
+            f"can be retried by a later `tive features {run_dir} --retry-skipped`)")
     store.start(request, options.force, shared=launch.world > 1)
     size = options.chunk_size
     chunk_rows = [candidates[start : start + size] for start in range(0, len(candidates), size)]

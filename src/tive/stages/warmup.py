@@ -180,7 +180,7 @@ def _warmup(run_dir: Path, options: WarmupOptions, settings: dict[str, Any], sha
         before, now = _comparable(old["settings"], old), _comparable(settings)
         if before == now and old["records_sha256"] == records_sha:
             say(f"warmup: already done with these settings ({marker}); nothing to do")
-            _recheck(old, options)
+            _recheck(run_dir, old, options)
             return old
         if not options.force:
             differing = sorted(k for k in now.keys() | before.keys() if now.get(k) != before.get(k))
@@ -242,14 +242,17 @@ def _comparable(settings: dict[str, Any], marker: dict[str, Any] | None = None) 
     return compared
 
 
-def _recheck(old: dict[str, Any], options: WarmupOptions) -> None:
+def _recheck(run_dir: Path, old: dict[str, Any], options: WarmupOptions) -> None:
     """The records a finished warm-up skipped, checked against this command's tolerances."""
     from tive.badrecords import recheck
+    from tive.config import recorded_option
 
     skipped = old.get("skipped", {})
     first = next(iter(skipped.items()), None)
+    ran_with = (old.get("tolerance") or {}).get("max_bad_fraction")
     line = recheck("warmup", len(skipped), len(old.get("warmup_indices", [])), options.on_bad_record,
-                   options.max_bad_fraction, (old.get("tolerance") or {}).get("max_bad_fraction"),
+                   options.max_bad_fraction,
+                   ran_with if ran_with is not None else recorded_option(run_dir, "warmup", "max_bad_fraction"),
                    f"record {first[0]}: {first[1]}" if first else None,
                    hint="fix them and redo the warm-up with --force")
     if line:
