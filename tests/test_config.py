@@ -198,8 +198,10 @@ def test_a_run_made_with_relative_paths_replays_from_another_directory(small_dat
     assert main(["prepare", f"data/{small_data.name}", "--images", "data/images", "--task-field", "dataset",
                  "--out", "run"]) == 0
     assert main(["warmup", "run", "--model", "checkpoint", "--warmup-fraction", "0.05", "--lora-rank", "4",
-                 "--device", "cpu"]) == 0
+                 "--device", "cpu", "--force"]) == 0
     config = work / "run" / "config.yaml"
+    recorded = yaml.safe_load(config.read_text())
+    assert "force" not in recorded["warmup"] and recorded["warmup"]["model"] == str(work / "checkpoint")
     monkeypatch.chdir(tmp_path)
     again = tmp_path / "again"
     assert main(["prepare", str(work / "data" / small_data.name), "--out", str(again), "--config", str(config)]) == 0

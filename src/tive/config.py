@@ -55,14 +55,14 @@ def _progress_interval() -> Any:
     return opt(30.0, "seconds between progress lines when the output is not a terminal (logs, SLURM)")
 
 
+# A field whose metadata has kind=ACTION is something a command does, not something a stage computes with: never
+# recorded in config.yaml, never replayed. A field with path=True may name a file or directory (recorded absolute).
+ACTION = "action"
+
+
 def _force() -> Any:
-    # An action (what this command should do), not a setting: never recorded in config.yaml, never replayed.
     return opt(False, "redo the stage even if its outputs exist with other settings", action="store_true",
                kind=ACTION)
-
-
-# A field whose metadata has kind=ACTION is something a command does, not something a stage computed with.
-ACTION = "action"
 
 
 @dataclass
@@ -339,7 +339,7 @@ def load_config(path: str | Path) -> dict[str, Any]:
     `warmup`, `features`, `select`, `estimate`) mapping option names (as in `tive COMMAND --help`, with `_` or `-`)
     to values. `versions` (written into RUN/config.yaml) is informational. Actions (`force`, `retry_skipped`)
     are not configuration: files written before they stopped being recorded may hold them; they are left out, with
-    a line each in `notes`.
+    a line in `notes` for each that was set.
 
     Raises:
         TiveError: the file is missing or not YAML, or names a section or option tive does not have.
@@ -376,10 +376,11 @@ def load_config(path: str | Path) -> dict[str, Any]:
                 raise TiveError(f"--config {path}: section {key!r} has no option {option!r}; its options are "
                                 f"{', '.join(sorted(names))}")
             if is_action(SECTIONS[key], name):  # written by an older tive, which recorded actions too
-                out.setdefault("notes", []).append(
-                    f"{path}: {key}.{name} ignored: --{name.replace('_', '-')} is an action of one command, not a "
-                    "setting a configuration replays (give it on the command line)"
-                )
+                if setting:
+                    out.setdefault("notes", []).append(
+                        f"{path}: {key}.{name} ignored: --{name.replace('_', '-')} is an action of one command, not "
+                        "a setting a configuration replays (give it on the command line)"
+                    )
                 continue
             if not _fits(setting, hints[name]):
                 raise TiveError(f"--config {path}: {key}.{name} is {setting!r}, not a {_type_label(hints[name])}")

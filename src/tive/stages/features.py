@@ -143,7 +143,8 @@ def _features(run_dir: Path, options: FeaturesOptions, launch: Launch) -> dict[s
     if not candidates:
         raise TiveError(f"{run_dir}: no record has status ok; nothing to compute")
     store = FeatureStore(run_dir / FEATURES_DIR)
-    finish_retry(store)
+    if launch.rank == 0:  # only rank 0 retries (`--retry-skipped`): the others leave its scratch store alone
+        finish_retry(store)
     request = feature_request(run_dir, warm, options, candidates)
     if store.is_complete(request) and not options.force:
         if options.retry_skipped:

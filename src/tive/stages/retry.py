@@ -70,7 +70,7 @@ def recheck_features(run_dir: Path, meta: dict[str, Any], n_candidates: int, opt
     line = recheck("features", len(skipped), n_candidates, options.on_bad_record, options.max_bad_fraction,
                    recorded_option(run_dir, "features", "max_bad_fraction"),
                    f"record {first[0]}: {first[1]}" if first else None,
-                   hint="fix them (an image: then `tive features RUN --retry-skipped`)")
+                   hint=f"fix them (an image: then `tive features {run_dir} --retry-skipped`)")
     if line:
         say(line)
 
@@ -109,7 +109,8 @@ def retry_skipped(run_dir: Path, options: FeaturesOptions, launch: Launch, warm:
     finish_retry(store)
     say(f"features: --retry-skipped: {len(recovered)} of {len(retry)} retried records now have features"
         + (f"; {len(still)} still fail (first: record {min(still, key=int)}: {still[min(still, key=int)]})"
-           if still else "") + "; values and selections made before are cleared: run `tive score` and `tive select`")
+           if still else "") + f"; the values and selections made before are cleared (`tive score {run_dir}` and "
+        f"`tive select {run_dir}` make them again)")
     return sync_manifest(run_dir, store, fresh=True)
 
 

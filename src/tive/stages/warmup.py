@@ -188,7 +188,7 @@ def _warmup(run_dir: Path, options: WarmupOptions, settings: dict[str, Any], sha
                 raise TiveError(
                     f"{marker}: the base model {base_dir} changed since the warm-up (its files differ); pass --force "
                     "to redo the warm-up on it (the features made with the old warm-up are then refused until "
-                    "recomputed with `tive features RUN --force`)"
+                    f"recomputed with `tive features {run_dir} --force`)"
                 )
             raise TiveError(
                 f"{marker}: a warm-up with other settings ({', '.join(differing) or 'records'}) exists; pass --force "
