@@ -88,11 +88,12 @@ def test_an_image_broken_after_prepare_is_skipped_by_warmup_and_features(own_dat
     assert sum(t["skipped"]["features"] for t in tasks.values()) == 3
     assert sum(t["ok"] for t in tasks.values()) == 137 == sum(r["status"] == "ok" for r in rows)
     assert "3 record(s) skipped" in capsys.readouterr().out
-    # Run again after fixing the images: the skipped records are tried again and get features.
+    # Retry after fixing the images: the skipped records are computed again and get features.
     for _, image in broken:
         Image.new("RGB", (64, 64), "white").save(own_data.parent / "images" / image)
-    run_features(run, type(features)(**{**features.__dict__, "force": True}))
+    run_features(run, type(features)(**{**features.__dict__, "retry_skipped": True}))
     assert all(row["status"] == "ok" for row in manifest(run))
+    assert np.load(run / "features" / "features.npy").shape == (140, 64)
 
 
 def test_on_bad_record_error_stops_the_features_at_the_record_naming_it(own_data: Path, tmp_path: Path):

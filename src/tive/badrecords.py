@@ -83,6 +83,19 @@ class BadRecords:
             "first one"
         )
 
+    def state(self) -> dict[str, Any]:
+        """What `restore` needs to go on where this left off (a resumed stage keeps the failures it saw)."""
+        return {"reasons": {str(index): reason for index, reason in self.reasons.items()},
+                "processed": self.processed, "first": self._first}
+
+    def restore(self, state: dict[str, Any]) -> None:
+        """Add the failures and the processed count of a saved `state` (several states add up)."""
+        for index, reason in state.get("reasons", {}).items():
+            self.reasons.setdefault(int(index), reason)
+        self.processed += int(state.get("processed", 0))
+        if self._first is None:
+            self._first = state.get("first")
+
     def summary(self) -> str:
         """One line: how many records were skipped and the commonest reasons."""
         if not self.reasons:
@@ -107,3 +120,32 @@ def reason_kind(reason: str) -> str:
         if position > 0:
             reason = reason[:position]
     return reason.strip()
+
+
+def recheck(stage: str, failed: int, total: int, mode: str, max_fraction: float, ran_with: float | None = None,
+            first: str | None = None, hint: str = "") -> str | None:
+    """Check the failures a finished stage recorded against the policy of this command (the stage is not redone:
+    tolerances decide whether a stage stops, not what it computes).
+
+    Raises TiveError where the stage, run with this policy, would have stopped: any failure under
+    `--on-bad-record error`; more than `MIN_BAD_RECORDS` and more than `max_fraction` of `total` otherwise.
+    Returns a line to say when the policy is stricter than the one the stage ran with (`ran_with`; None: not
+    known, then said whenever there are failures), else None.
+    """
+    check_policy(mode, max_fraction)
+    named = f" (first: {first})" if first else ""
+    if mode == "error" and failed:
+        raise TiveError(
+            f"{stage}: {failed} of {total} records were skipped when this stage ran{named}, and --on-bad-record "
+            f"error stops at the first one; {hint or 'fix them and run the stage again'}, or pass --on-bad-record skip"
+        )
+    if failed > MIN_BAD_RECORDS and failed > max_fraction * total:
+        raise TiveError(
+            f"{stage}: {failed} of {total} records were skipped when this stage ran{named}, more than "
+            f"--max-bad-fraction {max_fraction:g} allows; {hint or 'fix them and run the stage again'}, or raise "
+            "--max-bad-fraction"
+        )
+    if failed and (ran_with is None or max_fraction < ran_with):
+        return (f"{stage}: re-checked: its {failed} of {total} skipped records are within --max-bad-fraction "
+                f"{max_fraction:g}" + (f" (it ran with {ran_with:g})" if ran_with is not None else ""))
+    return None

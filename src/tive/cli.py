@@ -221,29 +221,44 @@ def _build_parser() -> tuple[argparse.ArgumentParser, dict[str, tuple[argparse.A
                 stage.add_argument(*flags, **kwargs)
             for cls in command.options:
                 add_options(stage, cls)
-        stage.set_defaults(func=command.handler, config_file=None, config_values={})
+        stage.set_defaults(func=command.handler, config_file=None, config_sections={}, given_flags=None)
         commands[command.name] = (stage, command)
     return parser, commands
 
 
 def _parse(argv: list[str] | None) -> argparse.Namespace:
-    """Parse the command line; with --config, the file's values become the defaults the command line overrides."""
-    from tive.config import config_values, load_config, version_warnings
+    """Parse the command line; with --config, each stage's section of the file gives that stage's options where
+    the command line does not (see `options_from_args`)."""
+    from tive.config import SECTIONS, load_config, version_warnings
 
     parser, commands = _build_parser()
     args = parser.parse_args(argv)
     if getattr(args, "config", None):
         config = load_config(args.config)
-        stage, command = commands[args.command]
-        values = config_values(config, command.options, args.config)
-        # Repeatable options keep a None default (see options_from_args); the others take the file's value.
-        appended = {action.dest for action in stage._actions if isinstance(action, argparse._AppendAction)}
-        stage.set_defaults(**{k: v for k, v in values.items() if k not in appended},
-                           config_file=config, config_values=values)
-        args = parser.parse_args(argv)
+        _, command = commands[args.command]
+        args.config_file = config
+        args.config_sections = {name: config[name] for name, cls in SECTIONS.items()
+                                if cls in command.options and name in config}
+        args.given_flags = _given_flags(argv, args.command)
+        for note in config.get("notes", []):
+            print(f"tive: note: {note}", file=sys.stderr)
         for warning in version_warnings(config):
             print(f"tive: warning: {warning}", file=sys.stderr)
     return args
+
+
+def _given_flags(argv: list[str] | None, command: str) -> set[str]:
+    """The option names (dests) given on the command line: parsed again with every option's default a marker."""
+    unset = object()
+    parser, commands = _build_parser()
+    stage, _ = commands[command]
+    appended = {action.dest for action in stage._actions if isinstance(action, argparse._AppendAction)}
+    for action in stage._actions:
+        if action.option_strings and action.dest not in appended:  # a repeatable option's None says it already
+            action.default = unset
+    args = parser.parse_args(argv)
+    return {name for name, value in vars(args).items()
+            if value is not unset and not (name in appended and value is None)}
 
 
 def main(argv: list[str] | None = None) -> int:

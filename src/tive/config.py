@@ -55,14 +55,25 @@ def _progress_interval() -> Any:
     return opt(30.0, "seconds between progress lines when the output is not a terminal (logs, SLURM)")
 
 
+# A field whose metadata has kind=ACTION is something a command does, not something a stage computes with: never
+# recorded in config.yaml, never replayed. A field with path=True may name a file or directory (recorded absolute).
+ACTION = "action"
+
+
+def _force() -> Any:
+    return opt(False, "redo the stage even if its outputs exist with other settings", action="store_true",
+               kind=ACTION)
+
+
 @dataclass
 class PrepareOptions:
     """How to read the input and group it into tasks."""
 
-    images: str | None = opt(None, "root folder of the images; record image paths resolve under it")
+    images: str | None = opt(None, "root folder of the images; record image paths resolve under it", path=True)
     task_field: str | None = opt(None, "record field naming each record's task (source dataset), e.g. dataset")
     task_rules: str | None = opt(
-        None, "built-in rule set (llava665k) or a YAML file of ordered rules mapping image path / instruction to a task"
+        None, "built-in rule set (llava665k) or a YAML file of ordered rules mapping image path / instruction to a task",
+        path=True,
     )
     on_bad_record: str = _on_bad_record()
     max_bad_fraction: float = _max_bad_fraction()
@@ -76,6 +87,7 @@ class WarmupOptions:
         None,
         "base model (required): a Hugging Face image-text-to-text checkpoint directory (or hub id where a hub is "
         "reachable), or tiny / small: built-in random-weight models for trying the pipeline, meaningless on real data",
+        path=True,
     )
     warmup_fraction: float = opt(0.08, "share of the ok records used for the warm-up, split equally across tasks")
     lora_rank: int | None = opt(None, "LoRA rank (default: 128 for a checkpoint as the authors; 8 for tiny)")
@@ -118,10 +130,11 @@ class WarmupOptions:
         None,
         "use this LoRA adapter directory (adapter_config.json + adapter_model.safetensors, made for --model) as "
         "the reference model instead of training one",
+        path=True,
     )
     on_bad_record: str = _on_bad_record()
     max_bad_fraction: float = _max_bad_fraction()
-    force: bool = opt(False, "redo the stage even if its outputs exist with other settings", action="store_true")
+    force: bool = _force()
 
 
 @dataclass
@@ -176,7 +189,13 @@ class FeaturesOptions:
     progress_interval: float = _progress_interval()
     on_bad_record: str = _on_bad_record()
     max_bad_fraction: float = _max_bad_fraction()
-    force: bool = opt(False, "redo the stage even if its outputs exist with other settings", action="store_true")
+    force: bool = _force()
+    retry_skipped: bool = opt(
+        False,
+        "compute again the records a complete store skipped for a reason that can change (an image that could not "
+        "be read: fix or restore it first), and merge them in; the records skipped for their content are kept",
+        action="store_true", kind=ACTION,
+    )
 
 
 @dataclass
@@ -249,18 +268,37 @@ def add_options(parser: argparse.ArgumentParser, cls: type, title: str | None = 
 def options_from_args(cls: type, args: argparse.Namespace) -> Any:
     """Build a `cls` instance from parsed arguments (fields missing from `args` keep their defaults).
 
-    A repeatable option not given on the command line takes the configuration file's value (`args.config_values`),
-    so that flags given replace the file's list rather than adding to it.
+    With a configuration file (`args.config_sections`, section → values), each stage takes its own section: an
+    option not given on the command line (`args.given_flags`) takes the value of `cls`'s section, else its
+    default; a flag given on the command line wins over every section (a shared flag such as `--dtype` sets every
+    stage of `tive run`). A repeatable option given on the command line replaces the file's list.
     """
-    configured = getattr(args, "config_values", {}) or {}
+    sections = getattr(args, "config_sections", None) or {}
+    section = sections.get(section_of(cls), {})
+    given = getattr(args, "given_flags", None) or set()
     values = {}
     for f in dataclasses.fields(cls):
-        if hasattr(args, f.name):
-            value = getattr(args, f.name)
-            if value is None and f.metadata.get("action") == "append":
-                value = list(configured.get(f.name, []))
-            values[f.name] = value
+        if not hasattr(args, f.name):
+            continue
+        value = getattr(args, f.name)
+        if f.name not in given and f.name in section:
+            value = section[f.name]
+        if isinstance(value, list):
+            value = list(value)
+        elif value is None and f.metadata.get("action") == "append":
+            value = []
+        values[f.name] = value
     return cls(**values)
+
+
+def section_of(cls: type) -> str | None:
+    """The configuration section that holds `cls`'s options."""
+    return next((name for name, section in SECTIONS.items() if section is cls), None)
+
+
+def is_action(cls: type, name: str) -> bool:
+    """Whether option `name` of `cls` is an action (e.g. `force`): what a command does, never configuration."""
+    return any(f.name == name and f.metadata.get("kind") == ACTION for f in dataclasses.fields(cls))
 
 
 def _scalar_type(hint: Any) -> type:
@@ -299,7 +337,9 @@ def package_versions() -> dict[str, str | None]:
 def load_config(path: str | Path) -> dict[str, Any]:
     """Read a configuration file: `data` (the input, for `tive run`), and one section per stage (`prepare`,
     `warmup`, `features`, `select`, `estimate`) mapping option names (as in `tive COMMAND --help`, with `_` or `-`)
-    to values. `versions` (written into RUN/config.yaml) is informational.
+    to values. `versions` (written into RUN/config.yaml) is informational. Actions (`force`, `retry_skipped`)
+    are not configuration: files written before they stopped being recorded may hold them; they are left out, with
+    a line in `notes` for each that was set.
 
     Raises:
         TiveError: the file is missing or not YAML, or names a section or option tive does not have.
@@ -335,6 +375,13 @@ def load_config(path: str | Path) -> dict[str, Any]:
             if name not in names:
                 raise TiveError(f"--config {path}: section {key!r} has no option {option!r}; its options are "
                                 f"{', '.join(sorted(names))}")
+            if is_action(SECTIONS[key], name):  # written by an older tive, which recorded actions too
+                if setting:
+                    out.setdefault("notes", []).append(
+                        f"{path}: {key}.{name} ignored: --{name.replace('_', '-')} is an action of one command, not "
+                        "a setting a configuration replays (give it on the command line)"
+                    )
+                continue
             if not _fits(setting, hints[name]):
                 raise TiveError(f"--config {path}: {key}.{name} is {setting!r}, not a {_type_label(hints[name])}")
             section[name] = setting
@@ -376,30 +423,14 @@ def _type_label(hint: Any) -> str:
     return " or ".join("null" if name == "NoneType" else name for name in names)
 
 
-def config_values(config: dict[str, Any], classes: tuple[type, ...], path: str | Path) -> dict[str, Any]:
-    """The option values (dest → value) a configuration gives the flags of `classes`.
-
-    A flag several stages share in one command (e.g. `--seed` of the warm-up and the selection in `tive run`) gets
-    one value: sections that set it differently are refused.
-    """
-    from tive.errors import TiveError
-
-    values: dict[str, Any] = {}
-    origin: dict[str, str] = {}
-    for section, cls in SECTIONS.items():
-        if cls not in classes or section not in config:
-            continue
-        for name, value in config[section].items():
-            if name in values and values[name] != value:
-                raise TiveError(f"--config {path}: {origin[name]}.{name} = {values[name]!r} and {section}.{name} = "
-                                f"{value!r}, but this command takes one --{name.replace('_', '-')} for both")
-            values[name], origin[name] = value, section
-    return values
-
-
 def write_run_config(run_dir: Path, data: str | None = None, **options: Any) -> None:
     """Merge the given stages' resolved options (section → dataclass instance) into RUN/config.yaml, with the
-    package versions: `tive run --config RUN/config.yaml --out NEW` reruns them."""
+    package versions: `tive run --config RUN/config.yaml --out NEW` reruns them, from any working directory.
+
+    Actions (`force`, ...) are not recorded: a replay must not redo (and delete) what it can resume. A path option
+    that names an existing file or directory is recorded absolute; hub ids and the built-in names (`tiny`,
+    `small`, `llava665k`) stay as given.
+    """
     import yaml
 
     from tive.io import write_text
@@ -408,12 +439,52 @@ def write_run_config(run_dir: Path, data: str | None = None, **options: Any) -> 
     current = yaml.safe_load(path.read_text(encoding="utf-8")) if path.is_file() else {}
     current = current or {}
     if data is not None:
-        current["data"] = str(data)
+        current["data"] = _recorded_path(str(data))
     for section, instance in options.items():
-        current[section] = dataclasses.asdict(instance)
+        recorded = {}
+        for f in dataclasses.fields(instance):
+            if f.metadata.get("kind") == ACTION:
+                continue
+            value = getattr(instance, f.name)
+            if f.metadata.get("path") and isinstance(value, str) and value not in _literal_names(f.name):
+                value = _recorded_path(value)
+            recorded[f.name] = value
+        current[section] = recorded
     current["versions"] = package_versions()
     ordered = {key: current[key] for key in ("data", *SECTIONS, "versions") if key in current}
     write_text(path, yaml.safe_dump(ordered, sort_keys=False))
+
+
+def _literal_names(name: str) -> tuple[str, ...]:
+    """The values of path option `name` that are names, not paths (the built-in models and rule sets)."""
+    if name == "model":
+        from tive.stages.warmup import BUILTIN_DEFAULTS
+
+        return tuple(BUILTIN_DEFAULTS)
+    if name == "task_rules":
+        from tive.data.tasks import BUILTIN_RULES
+
+        return tuple(BUILTIN_RULES)
+    return ()
+
+
+def _recorded_path(value: str) -> str:
+    """`value` made absolute when it names an existing file or directory (else, e.g. a hub id, as given)."""
+    path = Path(value).expanduser()
+    return str(path.resolve()) if path.exists() else value
+
+
+def recorded_option(run_dir: Path, section: str, name: str) -> Any:
+    """The value RUN/config.yaml recorded for option `name` of `section` (None when it recorded none)."""
+    import yaml
+
+    path = Path(run_dir) / CONFIG_FILE
+    try:
+        recorded = yaml.safe_load(path.read_text(encoding="utf-8")) if path.is_file() else None
+    except (OSError, yaml.YAMLError):
+        return None
+    section_values = (recorded or {}).get(section)
+    return section_values.get(name) if isinstance(section_values, dict) else None
 
 
 def version_warnings(config: dict[str, Any]) -> list[str]:

@@ -26,6 +26,7 @@ Layout (every file is written to a temporary name and moved into place; markers 
 
 from __future__ import annotations
 
+import json
 import logging
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -96,6 +97,12 @@ def read_manifest(run_dir: Path) -> list[dict[str, Any]]:
                 raise TiveError(f"{path}: line {position + 1} has no field {name!r} (fields: {MANIFEST_FIELDS})")
         if row["index"] != position:
             raise TiveError(f"{path}: line {position + 1} has index {row['index']}; rows must be in input order 0..N-1")
+        task = row["task"]
+        if isinstance(task, (int, float)) and not isinstance(task, bool):
+            row["task"] = str(task)  # e.g. integer cluster ids: task names are strings
+        elif not isinstance(task, str):
+            raise TiveError(f"{path}: line {position + 1} (record {row['index']}, id {row['id']!r}) has task "
+                            f"{json.dumps(task)}; a task name is a string (or a number, read as one)")
     return rows
 
 
@@ -111,7 +118,8 @@ def ok_rows(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
 
 def candidate_rows(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
     """The rows prepare left ok, in manifest order: what the warm-up and the features stage work on (the features
-    stage may since have skipped some, `FEATURES_SKIP`; a new features run tries them again)."""
+    stage may since have skipped some, `FEATURES_SKIP`; `tive features --retry-skipped` tries those whose reason
+    can change again, `--force` all)."""
     return [row for row in rows if row["status"] == STATUS_OK or row["status"].startswith(FEATURES_SKIP)]
 
 

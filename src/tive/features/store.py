@@ -90,7 +90,8 @@ class FeatureStore:
                             f"rerun `tive features {run_dir} --force`")
         if request.get("encoding_version", 1) != encoding_version:
             raise TiveError(f"{self.dir}: made with encoding version {request.get('encoding_version', 1)}, not "
-                            f"{encoding_version}; rerun `tive warmup {run_dir} --force` and `tive features {run_dir}`")
+                            f"{encoding_version}; rerun `tive warmup {run_dir} --force`, then "
+                            f"`tive features {run_dir} --force`")
         if meta.get("records_sha256") != records_sha256:
             raise TiveError(f"{self.dir}: made for other records than manifest.jsonl's ok records; rerun "
                             f"`tive features {run_dir} --force`")

@@ -46,7 +46,8 @@ log = logging.getLogger("tive")
 
 CHECKPOINT_DIR = "checkpoint"
 # What `checkpoint/state.pt` holds; a checkpoint of another format is not resumed (the warm-up starts over).
-CHECKPOINT_FORMAT = 2
+# 3: every rank's skipped records and truncations too.
+CHECKPOINT_FORMAT = 3
 
 
 def warmup_sample(tasks: Sequence[str], fraction: float, seed: int) -> list[int]:
@@ -166,10 +167,16 @@ def train_warmup(
 
     checkpoint = out_dir / CHECKPOINT_DIR
     start_step, losses, rng_state = 0, [], None
+    truncated: set[int] = set()
     resumed = _load_checkpoint(checkpoint, resume_key, model, optimizer, scheduler)
     if resumed is not None:
-        start_step, losses, rng_states = resumed
+        start_step, losses, rng_states, seen = resumed
         rng_state = rng_states[rank] if len(rng_states) == world else None
+        # The records skipped and cut before the checkpoint: each rank takes its own back (on another number of
+        # ranks, rank 0 takes them all: the stage reports their union).
+        for part in ([seen[rank]] if len(seen) == world else seen if rank == 0 else []):
+            bad.restore(part["bad"])
+            truncated.update(part["truncated"])
         log.info("warm-up: resuming from step %d of %d (%s)%s", start_step, total_steps, checkpoint,
                  "" if rng_state is not None else
                  f"; it was saved by {len(rng_states)} rank(s), not {world}: dropout is seeded afresh")
@@ -186,7 +193,6 @@ def train_warmup(
         _truncate_log(log_path, start_step)  # the steps after the checkpoint are logged again
     wrapped.train()
     last_inputs = None
-    truncated: set[int] = set()
     with torch.random.fork_rng(devices=rng_devices), open(log_path, "a", encoding="utf-8") as log_file, \
             (nullcontext(progress) if progress is not None
              else Progress("warm-up", total_steps, "step", start_step, progress_interval, rank == 0)) as progress:
@@ -251,7 +257,8 @@ def train_warmup(
                 log_file.flush()
             progress.update(1, postfix=f"loss {value:.3f}")
             if checkpoint_every and (step + 1) % checkpoint_every == 0 and step + 1 < total_steps:
-                _save_checkpoint(accelerator, checkpoint, model, optimizer, scheduler, step + 1, losses, resume_key)
+                _save_checkpoint(accelerator, checkpoint, model, optimizer, scheduler, step + 1, losses, resume_key,
+                                 {"bad": bad.state(), "truncated": sorted(truncated)})
     wrapped.eval()
     accelerator.wait_for_everyone()
     if accelerator.is_main_process:
@@ -310,29 +317,32 @@ def _set_rng_state(state: dict[str, Any], device: Any) -> None:
 
 
 def _save_checkpoint(accelerator: Any, checkpoint: Path, model: Any, optimizer: Any, scheduler: Any, step: int,
-                     losses: list[float], key: str) -> None:
+                     losses: list[float], key: str, seen: dict[str, Any]) -> None:
     """Save what the warm-up trains (the trainable parameters: LoRA, and the built-in models' modules_to_save),
-    the optimiser's and the schedule's state, the step and every rank's random state (dropout goes on where it
-    was) to `checkpoint`, through a temporary file. The base weights are not saved: they do not change."""
+    the optimiser's and the schedule's state, the step, and every rank's random state (dropout goes on where it
+    was) and `seen` (the records it skipped, `BadRecords.state()`, and truncated) to `checkpoint`, through a
+    temporary file. The base weights are not saved: they do not change."""
     import torch
     from accelerate.utils import gather_object
 
-    rng = _rng_state(accelerator.device)
-    rng_states = gather_object([rng]) if accelerator.num_processes > 1 else [rng]
+    mine = {"rng": _rng_state(accelerator.device), **seen}
+    ranks = gather_object([mine]) if accelerator.num_processes > 1 else [mine]
     if accelerator.is_main_process:
         checkpoint.mkdir(parents=True, exist_ok=True)
         trained = {name: p.detach().cpu() for name, p in model.named_parameters() if p.requires_grad}
         tmp = checkpoint / "state.pt.tmp"
         torch.save({"format": CHECKPOINT_FORMAT, "key": key, "step": step, "losses": losses, "parameters": trained,
-                    "optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(), "rng": rng_states}, tmp)
+                    "optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(),
+                    "rng": [part["rng"] for part in ranks],
+                    "seen": [{"bad": part["bad"], "truncated": part["truncated"]} for part in ranks]}, tmp)
         tmp.replace(checkpoint / "state.pt")
     accelerator.wait_for_everyone()
 
 
-def _load_checkpoint(checkpoint: Path, key: str, model: Any, optimizer: Any,
-                     scheduler: Any) -> tuple[int, list[float], list[dict[str, Any]]] | None:
+def _load_checkpoint(checkpoint: Path, key: str, model: Any, optimizer: Any, scheduler: Any,
+                     ) -> tuple[int, list[float], list[dict[str, Any]], list[dict[str, Any]]] | None:
     """Restore a checkpoint made with the same settings (`key`) into `model`, `optimizer` and `scheduler`;
-    (step, losses, the random state of each rank that saved it)."""
+    (step, losses, the random state of each rank that saved it, what each of them skipped and truncated)."""
     import torch
 
     path = checkpoint / "state.pt"
@@ -347,4 +357,4 @@ def _load_checkpoint(checkpoint: Path, key: str, model: Any, optimizer: Any,
             parameters[name].copy_(value)
     optimizer.load_state_dict(state["optimizer"])
     scheduler.load_state_dict(state["scheduler"])
-    return int(state["step"]), list(state["losses"]), list(state["rng"])
+    return int(state["step"]), list(state["losses"]), list(state["rng"]), list(state["seen"])

@@ -4,9 +4,10 @@ It times a few warm-up steps and a few feature batches with the real model, the 
 the stages run (`tive.model.warmup.train_warmup`, `tive.features.extract.extract_chunks`, counted by the same
 `Progress` whose rate gives the stages' ETA), on records sampled from the run, then scales: warm-up steps =
 ceil(warm-up records / batch) x epochs, feature records = every candidate, each divided by the number of devices
-(data parallelism; start-up and the merge are not included). It prints and writes `estimate.json`: the projected
-wall times, the feature store's size on disk (and the peak during the merge, when the chunks and the merged
-arrays exist together), and the peak memory it saw (the device's on a GPU, this process's on a CPU).
+(data parallelism; start-up and the merge are not included). With `--reference-adapter` there is no warm-up: the
+features are timed with that adapter. It prints and writes `estimate.json`: the projected wall times, the feature
+store's size on disk (and the peak during the merge, when the chunks and the merged arrays exist together), and the
+peak memory it saw (the device's on a GPU, this process's on a CPU).
 """
 
 from __future__ import annotations
@@ -67,13 +68,20 @@ def _estimate(run_dir: Path, warmup: WarmupOptions, features: FeaturesOptions, o
     rng = np.random.default_rng(warmup.seed)
     scratch = run_dir / "estimate.tmp"
     shutil.rmtree(scratch, ignore_errors=True)
+    adapter = settings.get("reference_adapter")  # a given reference model: no warm-up to time
     try:
-        warm = _time_warmup(base_dir, scratch, records, settings, warmup, options, rng)
+        if adapter:
+            from tive.model.loading import check_reference_adapter
+
+            check_reference_adapter(Path(adapter), base_dir)
+            warm = {"steps_per_second": math.inf, "batch": f"no warm-up: reference adapter {adapter}"}
+        else:
+            warm = _time_warmup(base_dir, scratch, records, settings, warmup, options, rng)
         feats = _time_features(base_dir, scratch, records, settings, features, options, rng, device)
     finally:
         shutil.rmtree(scratch, ignore_errors=True)
-    n_warm = max(1, min(len(records), round(settings["warmup_fraction"] * len(records))))
-    warm_steps = math.ceil(n_warm / settings["batch_size"]) * settings["epochs"]
+    n_warm = 0 if adapter else max(1, min(len(records), round(settings["warmup_fraction"] * len(records))))
+    warm_steps = 0 if adapter else math.ceil(n_warm / settings["batch_size"]) * settings["epochs"]
     warm_seconds = warm_steps / warm["steps_per_second"] / options.devices
     feature_seconds = len(records) / feats["records_per_second"] / options.devices
     bytes_per_value = np.dtype(features.feature_dtype).itemsize
@@ -85,7 +93,8 @@ def _estimate(run_dir: Path, warmup: WarmupOptions, features: FeaturesOptions, o
         "devices": options.devices,
         "device": device,
         "warmup": {"records": n_warm, "steps": warm_steps, "seconds_per_step": 1 / warm["steps_per_second"],
-                   "seconds": warm_seconds, "batch": warm["batch"]},
+                   "seconds": warm_seconds, "batch": warm["batch"],
+                   **({"reference_adapter": adapter} if adapter else {})},
         "features": {"records": len(records), "seconds_per_record": 1 / feats["records_per_second"],
                      "seconds": feature_seconds, "grad_dim": feats["grad_dim"], "proj_dim": feats["proj_dim"],
                      "batch_size": feats["batch_size"]},
@@ -98,9 +107,10 @@ def _estimate(run_dir: Path, warmup: WarmupOptions, features: FeaturesOptions, o
     gb = 1 << 30
     say(
         f"estimate: {len(records):,} records on {options.devices} device(s) ({device}):\n"
-        f"  warm-up:  {warm_steps:,} steps x {1 / warm['steps_per_second']:.3g} s = "
-        f"{format_seconds(warm_seconds)} ({n_warm:,} records, {warm['batch']})\n"
-        f"  features: {len(records):,} records x {1 / feats['records_per_second']:.3g} s = "
+        + (f"  warm-up:  none (reference adapter {adapter})\n" if adapter else
+           f"  warm-up:  {warm_steps:,} steps x {1 / warm['steps_per_second']:.3g} s = "
+           f"{format_seconds(warm_seconds)} ({n_warm:,} records, {warm['batch']})\n")
+        + f"  features: {len(records):,} records x {1 / feats['records_per_second']:.3g} s = "
         f"{format_seconds(feature_seconds)} (gradient of {feats['grad_dim']:,} numbers -> {feats['proj_dim']}, "
         f"batch {feats['batch_size']})\n"
         f"  total:    {format_seconds(warm_seconds + feature_seconds)} (start-up and the merge not included)\n"
@@ -147,11 +157,14 @@ def _time_features(base_dir: Path, scratch: Path, records: list[Any], settings: 
     """Feature records per second over `options.feature_batches` batches (after one more to warm up)."""
     from tive.features.extract import choose_batch_size, extract_chunks, make_extraction
     from tive.features.store import FeatureStore
-    from tive.model.loading import LoraSettings, add_lora, load_base
+    from tive.model.loading import LoraSettings, add_lora, load_base, load_with_adapter
 
-    model, processor = load_base(base_dir, device, features.dtype)
-    lora = LoraSettings(settings["lora_rank"], settings["lora_alpha"], settings["lora_targets"], [])
-    model = add_lora(model, lora, seed=0)  # the cost of a gradient does not depend on the adapter's values
+    if settings.get("reference_adapter"):  # the given adapter: its rank and targets decide the gradient's size
+        model, processor = load_with_adapter(base_dir, Path(settings["reference_adapter"]), device, features.dtype)
+    else:
+        model, processor = load_base(base_dir, device, features.dtype)
+        lora = LoraSettings(settings["lora_rank"], settings["lora_alpha"], settings["lora_targets"], [])
+        model = add_lora(model, lora, seed=0)  # the cost of a gradient does not depend on the adapter's values
     model.eval()
     job = make_extraction(model, processor, features, device, "estimate")
     grad_dim, projector = job.described["grad_dim"], job.projector

@@ -37,6 +37,7 @@ from tive.rundir import (
     write_manifest,
 )
 from tive.stages.common import check_encoding_options, say
+from tive.stages.retry import finish_retry, recheck_features, retry_skipped
 
 # How often rank 0 looks for its peers' chunks while it waits to complete the store.
 POLL_SECONDS = 2.0
@@ -54,8 +55,8 @@ def read_warmup(run_dir: Path) -> dict[str, Any]:
     if version != ENCODING_VERSION:
         raise TiveError(
             f"{marker}: the warm-up was made with encoding version {version}, this tive encodes records with "
-            f"version {ENCODING_VERSION} (one BOS, an end-of-turn token after every answer); rerun "
-            f"`tive warmup {run_dir} --force` (its features cannot be mixed with new ones)"
+            f"version {ENCODING_VERSION} (one BOS, an end-of-turn token after every answer); redo the warm-up, then "
+            f"the features (they cannot be mixed with new ones): {redo_advice(run_dir, warm)}"
         )
     return warm
 
@@ -70,7 +71,8 @@ def feature_request(run_dir: Path, warm: dict[str, Any], options: FeaturesOption
     model_dir = Path(warm["model_dir"])
     fingerprint = model_fingerprint(model_dir)
     if fingerprint != warm["model_fingerprint"]:
-        raise TiveError(f"{model_dir}: changed since the warm-up; rerun `tive warmup {run_dir} --force`")
+        raise TiveError(f"{model_dir}: the base model changed since the warm-up (its files differ); redo the warm-up "
+                        f"on it, then the features: {redo_advice(run_dir, warm)}")
     return {
         "model": warm["settings"]["model"],
         "model_fingerprint": fingerprint,
@@ -87,6 +89,18 @@ def feature_request(run_dir: Path, warm: dict[str, Any], options: FeaturesOption
         "feature_dtype": options.feature_dtype,
         "loss": "mean cross-entropy over answer tokens",
     }
+
+
+def redo_advice(run_dir: Path, warm: dict[str, Any]) -> str:
+    """The commands that redo the warm-up with its own options, then the features with theirs (both forced)."""
+    from tive.config import CONFIG_FILE, load_config
+
+    config = run_dir / CONFIG_FILE
+    sections = load_config(config) if config.is_file() else {}
+    warmup = f"--config {config}" if "warmup" in sections else f"--model {warm['settings']['model']}"
+    features = f" --config {config}" if "features" in sections else ""
+    return (f"`tive warmup {run_dir} {warmup} --force`, then `tive features {run_dir}{features} --force`"
+            + ("" if "warmup" in sections else " (with the warm-up's other options as before)"))
 
 
 def _check_options(options: FeaturesOptions) -> None:
@@ -129,10 +143,18 @@ def _features(run_dir: Path, options: FeaturesOptions, launch: Launch) -> dict[s
     if not candidates:
         raise TiveError(f"{run_dir}: no record has status ok; nothing to compute")
     store = FeatureStore(run_dir / FEATURES_DIR)
+    if launch.rank == 0:  # only rank 0 retries (`--retry-skipped`): the others leave its scratch store alone
+        finish_retry(store)
     request = feature_request(run_dir, warm, options, candidates)
     if store.is_complete(request) and not options.force:
+        if options.retry_skipped:
+            return retry_skipped(run_dir, options, launch, warm, store, candidates)
         say(f"features: already computed with the same model, adapter and projection ({store.dir}); nothing to do")
+        recheck_features(run_dir, store.meta() or {}, len(candidates), options)
         return sync_manifest(run_dir, store)
+    if options.retry_skipped and not options.force:
+        say("features: --retry-skipped: the store is not complete yet; computing it first (the records it skips "
+            f"can be retried by a later `tive features {run_dir} --retry-skipped`)")
     store.start(request, options.force, shared=launch.world > 1)
     size = options.chunk_size
     chunk_rows = [candidates[start : start + size] for start in range(0, len(candidates), size)]

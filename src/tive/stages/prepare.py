@@ -41,16 +41,59 @@ def run_prepare(data: Path | str, run_dir: Path | str, options: PrepareOptions) 
     return info
 
 
+def _differing(old: dict[str, Any], data: Path, options: PrepareOptions) -> list[str]:
+    """What differs between a finished prepare and this one, among what decides its output: the input, the image
+    root and the task options (paths compared resolved). The tolerances (--on-bad-record, --max-bad-fraction)
+    decide only whether prepare stops: they are re-checked (`_recheck`), never a reason to prepare again."""
+    recorded = old.get("options", {})
+    now = {"data": dataset_sha256(data), "images": _resolved(options.images),
+           "task_field": options.task_field, "task_rules": _rules(options.task_rules)}
+    before = {"data": old.get("data_sha256"), "images": old.get("images"),
+              "task_field": recorded.get("task_field"), "task_rules": _rules(recorded.get("task_rules"))}
+    return [name for name in now if now[name] != before[name]]
+
+
+def _resolved(path: str | None) -> str | None:
+    return str(Path(path).expanduser().resolve()) if path else None
+
+
+def _rules(task_rules: str | None) -> str | None:
+    from tive.data.tasks import BUILTIN_RULES
+
+    return task_rules if task_rules is None or task_rules in BUILTIN_RULES else _resolved(task_rules)
+
+
+def _recheck(run_dir: Path, old: dict[str, Any], options: PrepareOptions) -> None:
+    """The records prepare skipped, checked against this command's tolerances (see `tive.badrecords.recheck`)."""
+    from tive.badrecords import recheck
+    from tive.rundir import FEATURES_SKIP, read_manifest
+
+    failed = old["records"] - old["ok"]
+    first = None
+    if failed:
+        row = next((row for row in read_manifest(run_dir)
+                    if row["status"] != "ok" and not row["status"].startswith(FEATURES_SKIP)), None)
+        first = f"record {row['index']}: {row['status']}" if row else None
+    ran_with = old.get("options", {}).get("max_bad_fraction")
+    line = recheck("prepare", failed, old["records"], options.on_bad_record, options.max_bad_fraction, ran_with,
+                   first, hint="fix them and prepare into a new --out directory")
+    if line:
+        say(line)
+
+
 def _prepare(data: Path, run_dir: Path, options: PrepareOptions) -> dict[str, Any]:
     info_path = run_dir / PREPARE_FILE
     if info_path.is_file():
         old = read_json(info_path)
-        if old["options"] == asdict(options) and old["data_sha256"] == dataset_sha256(data):
-            say(f"prepare: {run_dir} already prepared from this input with these options; nothing to do")
-            return old
-        raise TiveError(
-            f"{run_dir}: already prepared from another input or with other options; use a new --out directory"
-        )
+        differing = _differing(old, data, options)
+        if differing:
+            raise TiveError(
+                f"{run_dir}: already prepared from another input or with other options ({', '.join(differing)}); "
+                "use a new --out directory"
+            )
+        say(f"prepare: {run_dir} already prepared from this input with these options; nothing to do")
+        _recheck(run_dir, old, options)
+        return old
     dataset = load_dataset(data)
     message = assign_tasks(dataset, task_field=options.task_field, task_rules=options.task_rules)
     bad = check_images(dataset, options.images, options.on_bad_record, options.max_bad_fraction)

@@ -116,8 +116,8 @@ def _select(run_dir: Path, options: SelectOptions) -> dict[str, dict[str, Any]]:
                       "oversample": oversample, "excluded": sorted(excluded), "seed": options.select_seed},
     })
     write_json(run_dir / TASKS_FILE, info)  # select's completion marker
-    _report(run_dir, rows)
-    say(task_table(info))
+    _after_commit(run_dir, "report.html could not be written", lambda: write_report(run_dir, rows))
+    _after_commit(run_dir, "the per-task table could not be printed", lambda: say(task_table(info)))
     say(
         f"select: {int(counts.sum())} records (budget {described}; choose={choose}"
         + (f", temperature={temperature:g}" if choose == "sample" else "")
@@ -140,13 +140,13 @@ def _diverse_features(run_dir: Path, n_ok: int) -> np.ndarray:
     return reduce_features(features)
 
 
-def _report(run_dir: Path, rows: list[dict[str, Any]]) -> None:
-    """Write report.html; the selection is already committed, so a report that fails is said, not fatal."""
+def _after_commit(run_dir: Path, what: str, step: Any) -> None:
+    """Run `step` (the report, the table); the selection is already committed, so a failure is said, not fatal."""
     try:
-        write_report(run_dir, rows)
-    except Exception as err:  # noqa: BLE001 - the subset and tasks.json stand; `tive report` retries
-        say(f"select: warning: report.html could not be written ({type(err).__name__}: {err}); "
-            f"`tive report {run_dir}` retries")
+        step()
+    except Exception as err:  # noqa: BLE001 - the subset, manifest and tasks.json stand; `tive report` retries
+        say(f"select: warning: {what} ({type(err).__name__}: {err}); the selection is committed (subset, "
+            f"manifest.jsonl, tasks.json): `tive report {run_dir}` writes the report again")
 
 
 def run_report(run_dir: Path | str) -> Path:

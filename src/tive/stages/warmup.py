@@ -169,14 +169,27 @@ def _warmup(run_dir: Path, options: WarmupOptions, settings: dict[str, Any], sha
     warm_dir = run_dir / WARMUP_DIR
     marker = warm_dir / WARMUP_MARKER
     records_sha = sha256_json([(row["index"], row["task"]) for row in rows])
+    # The base model's files decide the warm-up as much as its name: a changed checkpoint is redone (--force), and
+    # an interrupted warm-up never resumes its LoRA state onto other base weights (the resume key holds them too).
+    # A built-in model is made from the run's records and the seed, already compared.
+    base_dir = _base_model_dir(run_dir, options.model)
+    builtin = options.model in BUILTIN_DEFAULTS
+    settings = {**settings, "model_fingerprint": None if builtin else model_fingerprint(base_dir)}
     if marker.is_file():
         old = read_json(marker)
-        if old["settings"] == settings and old["records_sha256"] == records_sha:
+        before, now = _comparable(old["settings"], old), _comparable(settings)
+        if before == now and old["records_sha256"] == records_sha:
             say(f"warmup: already done with these settings ({marker}); nothing to do")
+            _recheck(run_dir, old, options)
             return old
         if not options.force:
-            differing = sorted(k for k in settings.keys() | old["settings"].keys()
-                               if settings.get(k) != old["settings"].get(k))
+            differing = sorted(k for k in now.keys() | before.keys() if now.get(k) != before.get(k))
+            if "model_fingerprint" in differing:
+                raise TiveError(
+                    f"{marker}: the base model {base_dir} changed since the warm-up (its files differ); pass --force "
+                    "to redo the warm-up on it (the features made with the old warm-up are then refused until "
+                    f"recomputed with `tive features {run_dir} --force`)"
+                )
             raise TiveError(
                 f"{marker}: a warm-up with other settings ({', '.join(differing) or 'records'}) exists; pass --force "
                 f"to redo it (to change only the selection, e.g. --select-seed, run `tive select {run_dir} ...`)"
@@ -189,7 +202,6 @@ def _warmup(run_dir: Path, options: WarmupOptions, settings: dict[str, Any], sha
     accelerator.wait_for_everyone()
     dataset, _ = load_prepared(run_dir)
     ok = [dataset.records[row["index"]] for row in rows]
-    base_dir = _base_model_dir(run_dir, options.model)
     if options.model in BUILTIN_DEFAULTS and main:
         from tive.model.tiny import build_tiny_model
 
@@ -206,12 +218,45 @@ def _warmup(run_dir: Path, options: WarmupOptions, settings: dict[str, Any], sha
         "model_fingerprint": model_fingerprint(base_dir),
         "records_sha256": records_sha,
         **result,
+        # How bad records were treated: not part of what was computed (never a reason to redo it), but a rerun
+        # with a lower cap re-checks the records skipped against it.
+        "tolerance": {"on_bad_record": options.on_bad_record, "max_bad_fraction": options.max_bad_fraction},
     }
     if main:
         write_json(marker, result)  # last: the stage's completion marker
         write_run_config(run_dir, warmup=options)
     accelerator.wait_for_everyone()
     return result
+
+
+def _comparable(settings: dict[str, Any], marker: dict[str, Any] | None = None) -> dict[str, Any]:
+    """Warm-up settings as compared: the model path resolved (a replay passes it absolute), and for a marker
+    written before the fingerprint was part of the settings, the fingerprint it recorded beside them."""
+    compared = dict(settings)
+    model = compared.get("model")
+    builtin = model in BUILTIN_DEFAULTS
+    if isinstance(model, str) and not builtin and Path(model).expanduser().exists():
+        compared["model"] = str(Path(model).expanduser().resolve())
+    if marker is not None and "model_fingerprint" not in compared:
+        compared["model_fingerprint"] = None if builtin else marker.get("model_fingerprint")
+    return compared
+
+
+def _recheck(run_dir: Path, old: dict[str, Any], options: WarmupOptions) -> None:
+    """The records a finished warm-up skipped, checked against this command's tolerances."""
+    from tive.badrecords import recheck
+    from tive.config import recorded_option
+
+    skipped = old.get("skipped", {})
+    first = next(iter(skipped.items()), None)
+    ran_with = (old.get("tolerance") or {}).get("max_bad_fraction")
+    line = recheck("warmup", len(skipped), len(old.get("warmup_indices", [])), options.on_bad_record,
+                   options.max_bad_fraction,
+                   ran_with if ran_with is not None else recorded_option(run_dir, "warmup", "max_bad_fraction"),
+                   f"record {first[0]}: {first[1]}" if first else None,
+                   hint="fix them and redo the warm-up with --force")
+    if line:
+        say(line)
 
 
 def check_launch(launch: Launch, batch_size: int | None) -> None:
@@ -357,7 +402,7 @@ def _train_reference(
         out_dir=warm_dir,
         bad=bad,
         checkpoint_every=options.checkpoint_steps,
-        resume_key=sha256_json({"settings": settings, "records": [r.index for r in warm_records]}),
+        resume_key=sha256_json({"settings": _comparable(settings), "records": [r.index for r in warm_records]}),
         workers=options.loader_workers,
         progress_interval=options.progress_interval,
     )
