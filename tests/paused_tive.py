@@ -7,7 +7,8 @@ JSON object of what this process does (under torchrun, the object under "rank R"
 
 - "compute_after": [paths] — before computing its chunks, wait until every path exists;
 - "fresh_sync_after": path — before a manifest sync that clears values (`fresh=True`), wait until it exists;
-- "complete_barrier": [mine, other] — before completing the store, create `mine` and wait until `other` exists.
+- "complete_barrier": [mine, other] — before completing the store, create `mine` and wait until `other` exists;
+- "oom_at_forward": n — the warm-up's n-th forward pass (from 1) runs out of memory, as a GPU would.
 
 Each wait gives up after 120 s (so a run that never reaches the other point still ends).
 """
@@ -68,6 +69,23 @@ def install(pauses: dict[str, Any]) -> None:
             _wait_for(other)
 
         features.complete_features = _before(features.complete_features, barrier)
+
+
+    if "oom_at_forward" in pauses:
+        import torch
+
+        import tive.model.encode as encode
+
+        calls = {"n": 0}
+        loss = encode.answer_loss_per_record
+
+        def out_of_memory(*args: Any, **kwargs: Any) -> Any:
+            calls["n"] += 1
+            if calls["n"] == pauses["oom_at_forward"]:
+                raise torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB")
+            return loss(*args, **kwargs)
+
+        encode.answer_loss_per_record = out_of_memory
 
 
 if __name__ == "__main__":
