@@ -52,6 +52,7 @@ FEATURES_FILE = "features.npy"
 NORMS_FILE = "norms.npy"
 CHUNKS_DIR = "chunks"
 CLAIM_FILE = "completing.json"
+PROJECTION_CHECK_FILE = "projection_check.json"
 
 FEATURE_DTYPES = ("float16", "float32")
 
@@ -189,6 +190,35 @@ class FeatureStore:
 
     def chunk_info(self, chunk: int) -> dict[str, Any]:
         return read_json(self._chunk_paths(chunk)[2])
+
+    # -------------------------------------------------------------------------------------- projection check
+    def projection_check(self) -> dict[str, Any] | None:
+        """The recorded decision on the dense projection's cost (`record_projection_check`), None before it."""
+        path = self.dir / PROJECTION_CHECK_FILE
+        try:
+            return read_json(path)
+        except (OSError, ValueError):
+            return None
+
+    def record_projection_check(self, check: dict[str, Any]) -> dict[str, Any]:
+        """Record `check` unless a decision is already recorded; returns the one that stands (the first process's:
+        created by a hard link, which fails where the name exists, so concurrent processes agree)."""
+        path = self.dir / PROJECTION_CHECK_FILE
+        private = self.dir / f".check.{socket.gethostname()}.{os.getpid()}.{uuid.uuid4().hex}"
+        private.write_text(json.dumps(check, indent=2) + "\n", encoding="utf-8")
+        try:
+            os.link(private, path)
+        except FileExistsError:
+            pass
+        finally:
+            private.unlink(missing_ok=True)
+        return self.projection_check() or check
+
+    def allow_projection(self) -> None:
+        """Record that the user let a refused dense projection go on (--allow-slow-projection)."""
+        check = self.projection_check()
+        if check is not None and not check.get("allowed"):
+            write_json(self.dir / PROJECTION_CHECK_FILE, {**check, "allowed": True})
 
     # ---------------------------------------------------------------------------------------------- completion
     @property
@@ -330,6 +360,7 @@ class FeatureStore:
             norms.flush()
             del features, norms
         skipped = {str(i): reason for info in infos for i, reason in info.get("skipped", {}).items()}
+        check = self.projection_check()
         complete = {
             **(self.meta() or {}),
             **described,
@@ -343,6 +374,7 @@ class FeatureStore:
                                     if key in info}}
                 for chunk, info in enumerate(infos)
             ],
+            **({"projection_check": check} if check is not None else {}),
             **({"completed_by": {key: completed_by[key] for key in ("process", "host", "pid", "token")}}
                if completed_by else {}),
             "complete": True,

@@ -144,9 +144,8 @@ def _features(run_dir: Path, options: FeaturesOptions, launch: Launch) -> dict[s
 def _compute(run_dir: Path, options: FeaturesOptions, launch: Launch, warm: dict[str, Any], store: FeatureStore,
              chunk_rows: list[list[dict[str, Any]]], mine: list[int], n_candidates: int) -> None:
     """Load the reference model and compute this process's chunks."""
-    from tive.features.extract import check_dense_cost, choose_batch_size, extract_chunks, make_extraction
+    from tive.features.extract import choose_batch_size, extract_chunks, make_extraction
     from tive.model.loading import load_with_adapter, resolve_device
-    from tive.progress import Progress
 
     device = resolve_device(options.device)
     if device == "cuda" and launch.world > 1:
@@ -163,9 +162,12 @@ def _compute(run_dir: Path, options: FeaturesOptions, launch: Launch, warm: dict
     chunks = [(chunk, [dataset.records[row["index"]] for row in chunk_rows[chunk]]) for chunk in mine]
     n_records = sum(len(records) for _, records in chunks)
     done = sum(len(rows) for chunk, rows in enumerate(chunk_rows) if store.has_chunk(chunk))
-    job.batch_size, batch_reason = choose_batch_size(options.grad_batch_size, job, chunks[0][1][:256])
+    # Probed with the longest record of this process's whole share: a later, longer chunk must fit too.
+    share = [record for _, records in chunks for record in records]
+    job.batch_size, batch_reason = choose_batch_size(options.grad_batch_size, job, share)
     if options.projector == "dense":
-        check_dense_cost(job, chunks[0][1][: job.batch_size])
+        _check_dense(job, store, chunks[0][1][: job.batch_size], n_records, options.allow_slow_projection,
+                     launch.describe())
     say(
         f"features: {n_records} of {n_candidates} records ({len(mine)} chunks) on {launch.describe()}, gradient of "
         f"{grad_dim:,} LoRA numbers -> {projector.proj_dim} dims ({options.projector}), {options.grad_mode} "
@@ -175,10 +177,61 @@ def _compute(run_dir: Path, options: FeaturesOptions, launch: Launch, warm: dict
     )
     bad = BadRecords("features", dataset.path, options.on_bad_record, options.max_bad_fraction, n_records)
     started = time.perf_counter()
-    with Progress("features", n_records, "rec", 0, options.progress_interval, launch.rank == 0) as progress:
+    with _progress(options, launch, store, chunk_rows, n_records) as progress:
         extract_chunks(job, chunks, store, bad, progress, options.loader_workers)
     say(f"features: {n_records} records in {time.perf_counter() - started:.1f} s on {launch.describe()}"
         + (f"; {bad.summary()}" if bad.reasons else ""))
+
+
+def _progress(options: FeaturesOptions, launch: Launch, store: FeatureStore, chunk_rows: list[list[dict[str, Any]]],
+              n_records: int) -> Any:
+    """The features' progress display. Every independent shard (array task, --shard) and a single process show
+    their own; of a torchrun / srun launch, rank 0 shows the launch's (its records and those of the chunks the other
+    ranks commit, against all the launch computes) and the other ranks none."""
+    from tive.progress import Progress
+
+    if not launch.concurrent:
+        desc = "features" if launch.world == 1 else f"features ({launch.describe()})"
+        return Progress(desc, n_records, "rec", 0, options.progress_interval, True)
+    if launch.rank != 0:
+        return Progress("features", n_records, "rec", 0, options.progress_interval, False)
+    theirs = [chunk for chunk, rows in enumerate(chunk_rows) if not launch.owns(chunk) and not store.has_chunk(chunk)]
+    total = n_records + sum(len(chunk_rows[chunk]) for chunk in theirs)
+
+    def others() -> int:
+        return sum(len(chunk_rows[chunk]) for chunk in theirs if store.has_chunk(chunk))
+
+    return Progress(f"features ({launch.world} ranks)", total, "rec", 0, options.progress_interval, True,
+                    others=others)
+
+
+def _check_dense(job: Any, store: FeatureStore, batch: list[Any], n_records: int, allow: bool,
+                 process: str) -> None:
+    """Refuse the dense projection when it would cost more than twice the gradients, unless `allow`.
+
+    Decided once for the store: the first process to measure records its decision (features/projection_check.json,
+    copied into meta.json at the merge); every other process and every restart follows it, so a borderline case is
+    never accepted on one rank and refused on another. `--force` (a new store) decides again.
+    """
+    from tive.features.extract import dense_refusal, measure_dense_cost
+
+    check = store.projection_check()
+    if check is None:
+        measured = measure_dense_cost(job, batch)
+        if measured is None:
+            return
+        check = store.record_projection_check({**measured, "decided_by": process})
+    if check["accepted"]:
+        return
+    if not allow:
+        raise TiveError(dense_refusal(check, job.projector.grad_dim, job.projector.proj_dim)
+                        + f" (measured by {check['decided_by']}, recorded in {store.dir / 'projection_check.json'})")
+    store.allow_projection()
+    batches = -(-n_records // max(1, check["batch"]))
+    say(f"features: --allow-slow-projection: projecting a batch of {check['batch']} takes ~"
+        f"{check['projecting_seconds']:.3g} s against ~{check['backward_seconds']:.3g} s for its gradients "
+        f"({check['projecting_seconds'] / max(check['backward_seconds'], 1e-12):.0f}x); ~"
+        f"{batches * check['projecting_seconds'] / 3600:.3g} h of projection for this process's {n_records} records")
 
 
 def complete_features(run_dir: Path, store: FeatureStore, wait: bool = False,
