@@ -86,3 +86,38 @@ def test_two_shards_finishing_together_complete_score_and_select_once(warm_run: 
     assert winner == f"shard {selected.index(1)} of 2 (shard)"
     assert f"{winner}" in other and "scores and selects" in other
     assert_manifest_describes_the_subset(warm_run)
+
+
+def _claim(store_dir: Path, **owner) -> Path:
+    store_dir.mkdir(parents=True, exist_ok=True)
+    path = store_dir / "completing.json"
+    path.write_text(json.dumps({"process": "shard 1 of 2 (shard)", "token": "theirs", **owner}))
+    return path
+
+
+def test_one_claim_at_a_time_and_an_abandoned_one_is_taken_over(tmp_path: Path):
+    """The claim is exclusive; a claim whose process has ended on this host is taken over at once, one from
+    another host once it has shown no progress for the timeout, and a live one never."""
+    import socket
+
+    from tive.features.completion import owner_of_this_process
+    from tive.features.store import FeatureStore
+
+    store = FeatureStore(tmp_path / "features")
+    mine = owner_of_this_process("one process")
+    assert store.claim_completion(mine, 60.0)
+    assert not store.claim_completion({**mine, "token": "another"}, 60.0)  # held (by a live process: this one)
+    store.release_completion(mine)
+    assert store.completion_claim() is None
+
+    dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True)
+    _claim(store.dir, host=socket.gethostname(), pid=int(dead.stdout))
+    assert store.claim_completion(mine, 3600.0)  # its process has ended: taken over without waiting
+    assert store.completion_claim()["token"] == mine["token"]
+    store.release_completion(mine)
+
+    elsewhere = _claim(store.dir, host="node-that-is-not-here", pid=1)
+    assert not store.claim_completion(mine, 60.0)  # cannot be checked from here, and recent: it stands
+    os.utime(elsewhere, (0, os.stat(elsewhere).st_mtime - 120))
+    assert store.claim_completion(mine, 60.0)  # no progress for longer than the timeout: taken over
+    assert not list(store.dir.glob(".claim.*"))

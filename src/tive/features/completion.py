@@ -94,7 +94,9 @@ def complete_store(run_dir: Path, store: FeatureStore, process: str, wait: bool,
         if not wait:
             say(f"features: {holder.get('process', 'another process')} is completing the store")
             return meta
-        say(f"features: waiting for {holder.get('process', 'another process')} to complete the store")
+        say(f"features: waiting for {holder.get('process', 'another process')} (host {holder.get('host')}, pid "
+            f"{holder.get('pid')}) to complete the store; a claim without progress for {wait_timeout:g} s is taken "
+            f"over (if that process is known to be gone, remove {store.claim_path})")
         # Until it is complete, or the claim is released (its owner failed) or abandoned: then claim it here.
         while (not (store.meta() or {}).get("complete") and store.completion_claim() is not None
                and not store.claim_is_abandoned(wait_timeout)):
