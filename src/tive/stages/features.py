@@ -195,7 +195,7 @@ def _progress(options: FeaturesOptions, launch: Launch, store: FeatureStore, chu
         return Progress(desc, n_records, "rec", 0, options.progress_interval, True)
     if launch.rank != 0:
         return Progress("features", n_records, "rec", 0, options.progress_interval, False)
-    theirs = [chunk for chunk, rows in enumerate(chunk_rows) if not launch.owns(chunk) and not store.has_chunk(chunk)]
+    theirs = [chunk for chunk in range(len(chunk_rows)) if not launch.owns(chunk) and not store.has_chunk(chunk)]
     total = n_records + sum(len(chunk_rows[chunk]) for chunk in theirs)
 
     def others() -> int:
