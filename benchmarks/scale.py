@@ -2,6 +2,7 @@
 
     python benchmarks/scale.py memory [--out DIR] [--small 1000] [--large 12000]
     python benchmarks/scale.py 665k   [--out DIR] [--records 665298]
+    python benchmarks/scale.py ranks  [--out DIR] [--small 10000] [--large 665298]
 
 `memory`: every stage (prepare, warmup, features, score, select) on 1,000 and on 12,000 demo records with a tiny
 random-weight LLaVA-1.5-shaped model whose processor takes 336-px images (CLIP patch 14: 576 image tokens per
@@ -12,6 +13,13 @@ image, 1.35 MB of pixels), and the growth of each stage's peak memory between th
 - `tive score` + `tive select` on a bring-your-own store of 665,298 x 8192 float16 features (≤ 2 min, ≤ 3 GB);
 - `tive select` on the prepared run with those features (≤ 3 min, ≤ 4 GB);
 - `tive select --choose diverse` on the store (no target: the cost of the diversity-aware choice).
+
+`ranks`: what one rank of a launch holds as the dataset grows (issue 20, item 9). Records of the real mix's length
+(~1.5 KB of JSON each: the demo generator's conversations lengthened with more turns; the real file is ~1 GB for
+665K records; images shared between records, so that only the text grows), at two sizes; at each, `tive prepare`,
+then a warm-up on 200 records (`--warmup-fraction 200/N`, the built-in tiny model) and the features of one
+256-record chunk (`--shard 0/K`, K = the number of chunks). Target: the two rank commands use at most 500 MB more
+peak anonymous memory at the large size than at the small; prepare ≤ 10 min at 665K.
 
 Each command runs as its own process; its peak memory is the sum of RssAnon over its process tree (DataLoader
 workers included), sampled every 0.1 s: pages of a memory-mapped store are the kernel's to drop and do not count.
@@ -213,18 +221,106 @@ def big(out: Path, n_records: int, dim: int = 8192) -> None:
     (out / "665k.json").write_text(json.dumps(figures, indent=2))
 
 
+# ---------------------------------------------------------------------------------------------------- ranks
+REAL_RECORDS = 665_298  # LLaVA-1.5's mix
+
+# Filler turns that bring a demo record to the real mix's length (~1.5 KB of JSON).
+_FILLER = [
+    ("Describe the scene in more detail, including the positions of the objects relative to each other.",
+     "The objects are arranged loosely across the frame: the larger shapes sit towards the centre while the "
+     "smaller ones are scattered near the edges, and none of them overlap. The background is plain, so the "
+     "colours of the shapes stand out clearly against it."),
+    ("What would change if one of the shapes were removed from the picture?",
+     "Removing a shape would leave the composition slightly unbalanced, since the remaining objects would no "
+     "longer fill the space evenly; the counts asked about earlier would also drop by one for that colour."),
+    ("Is there anything unusual about the image that a careful observer should point out?",
+     "Nothing is hidden or partly covered: every shape is drawn in full with a crisp outline, the lighting is "
+     "flat, and there is no text, shadow or texture that would change the answers given above. The only thing "
+     "worth noting is that shapes of the same colour can differ in size, which matters when they are counted."),
+]
+
+
+def make_long(out: Path, n_records: int, block: int = 2000) -> tuple[Path, Path]:
+    """A LLaVA-format JSON of `n_records` records of ~1.5 KB each: one demo block (with its images) repeated, every
+    copy with its own id and two more turns of conversation."""
+    from tive.demo_data import make_demo_dataset
+
+    data = out / f"long{n_records}.json"
+    made = out / "block" / "demo.json"
+    if not made.is_file():
+        made = make_demo_dataset(out / "block", block, 0)
+    if data.is_file():
+        return data, made.parent / "images"
+    base = json.loads(made.read_text())
+    with open(data.with_suffix(".tmp"), "w") as f:
+        f.write("[\n")
+        for i in range(n_records):
+            record = dict(base[i % len(base)])
+            record["id"] = f"{record['id']}-{i}"
+            record["conversations"] = list(record["conversations"]) + [
+                turn for question, answer in _FILLER
+                for turn in ({"from": "human", "value": question}, {"from": "gpt", "value": answer})]
+            f.write(json.dumps(record) + (",\n" if i + 1 < n_records else "\n"))
+        f.write("]\n")
+    data.with_suffix(".tmp").replace(data)
+    return data, made.parent / "images"
+
+
+def ranks(out: Path, sizes: tuple[int, int]) -> None:
+    results: dict[int, dict[str, dict[str, float]]] = {}
+    for n in sizes:
+        data, images = make_long(out, n)
+        run = out / f"ranks{n}"
+        shutil.rmtree(run, ignore_errors=True)
+        chunks = -(-n // 256)
+        stages = {
+            "prepare": ["prepare", str(data), "--out", str(run), "--images", str(images), "--task-field", "dataset"],
+            "warmup (200 records)": ["warmup", str(run), "--model", "tiny", "--epochs", "1", "--device", "cpu",
+                                     "--warmup-fraction", f"{200 / n:.8f}"],
+            "features (one 256-record chunk)": ["features", str(run), "--shard", f"0/{chunks}", "--proj-dim", "512",
+                                                "--device", "cpu"],
+        }
+        results[n] = {name: measure(TIVE + args, out / f"ranks_{name.split()[0]}{n}.log")
+                      for name, args in stages.items()}
+        size_mb = data.stat().st_size / 1e6
+        for name, figures in results[n].items():
+            print(f"{n:>7} records ({size_mb:,.0f} MB)  {name:<32} {figures['seconds']:8.1f} s  "
+                  f"{figures['peak_mb']:8.0f} MB", flush=True)
+    ranks_table(results, sizes)
+    (out / "ranks.json").write_text(json.dumps(results, indent=2))
+
+
+def ranks_table(results: dict[int, dict[str, dict[str, float]]], sizes: tuple[int, int]) -> None:
+    """Print `ranks`'s figures as a Markdown table, with the growth projected to the real mix's size."""
+    small, large = sizes
+    print(f"\npeak anonymous memory of one rank, {small:,} vs {large:,} records of ~1.5 KB, {os.cpu_count()} CPUs:")
+    print(f"(the target is for {REAL_RECORDS:,} records against {small:,}: a smaller large size is judged by the growth "
+          "its slope gives there)")
+    print(f"| command | {small:,} records | {large:,} records | growth | target |")
+    print("|---|---|---|---|---|")
+    for name in results[small]:
+        a, b = results[small][name]["peak_mb"], results[large][name]["peak_mb"]
+        at_real = (b - a) / (large - small) * (REAL_RECORDS - small)
+        target = "" if name == "prepare" else (
+            ("ok" if at_real <= 500 else "OVER") + f" (≤ 500 MB at {REAL_RECORDS:,}: {at_real:+,.0f} MB)")
+        print(f"| {name} | {a:,.0f} MB, {results[small][name]['seconds']:,.0f} s | {b:,.0f} MB, "
+              f"{results[large][name]['seconds']:,.0f} s | {b - a:+,.0f} MB | {target} |")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("part", choices=["memory", "665k"])
+    parser.add_argument("part", choices=["memory", "665k", "ranks"])
     parser.add_argument("--out", default="scale-bench", help="working folder (reused: a rerun skips generation)")
-    parser.add_argument("--small", type=int, default=1000)
-    parser.add_argument("--large", type=int, default=12000)
+    parser.add_argument("--small", type=int, default=None, help="memory: 1000; ranks: 10000")
+    parser.add_argument("--large", type=int, default=None, help="memory: 12000; ranks: 665298")
     parser.add_argument("--records", type=int, default=665_298)
     args = parser.parse_args()
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     if args.part == "memory":
-        memory(out, (args.small, args.large))
+        memory(out, (args.small or 1000, args.large or 12000))
+    elif args.part == "ranks":
+        ranks(out, (args.small or 10_000, args.large or 665_298))
     else:
         big(out, args.records)
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import shutil
 import socket
 import subprocess
@@ -16,6 +17,7 @@ import torch
 
 from tests.conftest import SMALL_PROJ_DIM, small_options
 from tive.cli import main
+from tive.config import FeaturesOptions
 from tive.errors import TiveError
 from tive.stages import run_features, run_score
 
@@ -147,3 +149,20 @@ def test_warmup_on_two_ranks_matches_one_process(small_data: Path, tmp_path: Pat
     for key in one:
         difference = (one[key] - two[key]).abs().max() / one[key].abs().max().clamp(min=1e-12)
         assert difference <= 1e-4, (key, float(difference))
+
+
+def test_every_shard_shows_its_progress_and_rank_0_the_launchs(warm_run: Path, capsys):
+    """SLURM array tasks and shards by hand run alone: each shows its own progress (before, only shard 0 did and
+    tasks 1..K-1 ran silent). Of a launch, rank 0 shows the launch's records, the other ranks' included."""
+    options = small_options(warm_run)[2]
+    for shard in (1, 0):
+        run_features(warm_run, FeaturesOptions(**{**options.__dict__, "shard": f"{shard}/2",
+                                                  "progress_interval": 0.001}))
+        err = capsys.readouterr().err
+        share = 64 if shard == 1 else 76  # chunks 1, 3 / 0, 2, 4 of 32, 32, 32, 32, 12 records
+        assert f"features (shard {shard} of 2 (shard)): {share}/{share} rec" in err, err[-2000:]
+    shutil.rmtree(warm_run / "features")
+    result = torchrun("features", str(warm_run), *FEATURE_FLAGS, "--progress-interval", "0.001")
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert re.search(r"features \(2 ranks\): \d+/140 rec", result.stderr), result.stderr[-3000:]
+    assert "features: 64/64 rec" not in result.stderr  # rank 1 shows none

@@ -52,7 +52,7 @@ def test_tive_run_as_shards_selects_in_the_last_shard(small_data: Path, tmp_path
     capsys.readouterr()
     assert main([*flags, "--shard", "0/2"]) == 0
     first = capsys.readouterr().out
-    assert "shard 0 of 2 (shard) is done with its share of the features; the last shard to finish" in first
+    assert "shard 0 of 2 (shard) is done with its share of the features; the shard that completes the store" in first
     assert not (out / "tasks.json").exists()
     assert main([*flags, "--shard", "1/2"]) == 0
     assert "select: 28 records" in capsys.readouterr().out and (out / "subset.json").is_file()

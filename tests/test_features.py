@@ -215,15 +215,43 @@ def test_streaming_one_matrix_at_a_time_equals_projecting_the_whole_gradient(sma
 
 
 def test_dense_is_refused_when_projecting_would_cost_more_than_twice_the_backward(small_run: Path, tmp_path: Path,
-                                                                                  monkeypatch: pytest.MonkeyPatch):
+                                                                                  monkeypatch: pytest.MonkeyPatch,
+                                                                                  capsys):
+    """The refusal is decided once and recorded (a rerun refuses with the recorded numbers, measuring nothing);
+    --allow-slow-projection goes on anyway, says the estimate, and meta.json records that it was allowed."""
     run = _copy_run(small_run, tmp_path)
     options = FeaturesOptions(proj_dim=64, chunk_size=32, projector="dense", force=True)
     monkeypatch.setattr(DenseProjector, "estimate_seconds", lambda self, batch=1: 1e6)  # as at 134M numbers
-    with pytest.raises(TiveError, match=r"--projector dense: projecting a batch of \d+ would take ~1e\+06 s.*sjlt"):
+    with pytest.raises(TiveError, match=r"--projector dense: projecting a batch of \d+ would take ~1e\+06 s.*sjlt"
+                                        r".*--allow-slow-projection"):
         run_features(run, options)
-    monkeypatch.undo()
-    run_features(run, options)  # at this size dense costs little next to the backward pass: accepted
-    assert json.loads((run / "features" / "meta.json").read_text())["request"]["projector"]["type"] == "dense"
+    recorded = json.loads((run / "features" / "projection_check.json").read_text())
+    assert recorded["accepted"] is False and recorded["projecting_seconds"] == 1e6
+    monkeypatch.setattr(DenseProjector, "estimate_seconds", lambda self, batch=1: pytest.fail("measured again"))
+    with pytest.raises(TiveError, match=r"would take ~1e\+06 s"):
+        run_features(run, FeaturesOptions(**{**options.__dict__, "force": False}))
+    capsys.readouterr()
+    meta = run_features(run, FeaturesOptions(**{**options.__dict__, "force": False, "allow_slow_projection": True}))
+    assert "--allow-slow-projection: projecting a batch of" in capsys.readouterr().out
+    assert meta["complete"] and meta["request"]["projector"]["type"] == "dense"
+    assert meta["projection_check"]["accepted"] is False and meta["projection_check"]["allowed"] is True
+    assert "allow_slow_projection" not in meta["request"]  # it changes no number: not part of the request
+
+
+def test_the_dense_decision_is_made_once_for_every_process(small_run: Path, tmp_path: Path,
+                                                          monkeypatch: pytest.MonkeyPatch):
+    """Shard 0 measures and accepts; shard 1, whose own measurement would refuse (a borderline case measured
+    otherwise on another process), follows the recorded decision instead of deciding again."""
+    run = _copy_run(small_run, tmp_path)
+    shutil.rmtree(run / "features")
+    options = FeaturesOptions(proj_dim=64, chunk_size=32, projector="dense")
+    monkeypatch.setattr(DenseProjector, "estimate_seconds", lambda self, batch=1: 0.0)
+    run_features(run, FeaturesOptions(**{**options.__dict__, "shard": "0/2"}))
+    monkeypatch.setattr(DenseProjector, "estimate_seconds", lambda self, batch=1: 1e6)
+    meta = run_features(run, FeaturesOptions(**{**options.__dict__, "shard": "1/2"}))
+    assert meta["complete"]
+    assert meta["projection_check"]["accepted"] is True and meta["projection_check"]["decided_by"] == \
+        "shard 0 of 2 (shard)"
 
 
 def test_a_float16_store_holds_unit_rows_with_the_float32_stores_directions(small_run: Path, tmp_path: Path):
@@ -280,3 +308,38 @@ def test_negative_loader_workers_are_refused(small_run: Path, tmp_path: Path):
     run = _copy_run(small_run, tmp_path)
     with pytest.raises(TiveError, match="--loader-workers -1: must be at least 0"):
         run_features(run, FeaturesOptions(proj_dim=64, loader_workers=-1))
+
+
+def test_the_automatic_batch_is_probed_with_the_longest_record_of_the_whole_share(small_run: Path, tmp_path: Path,
+                                                                                 monkeypatch: pytest.MonkeyPatch):
+    """The automatic gradient batch is measured on the longest record (by `length_order`'s measure: images, then
+    characters) of everything this process computes, not of its first chunk's first 256: a later, longer chunk
+    would otherwise run out of memory mid-run. A shard whose longest record is in a later chunk shows which."""
+    import tive.features.extract as extract
+    from tive.model.data import length_order
+    from tive.rundir import load_prepared
+
+    run = _copy_run(small_run, tmp_path)
+    shutil.rmtree(run / "features")
+    records = load_prepared(run)[0].records
+    size = 32
+    chunks = [records[start : start + size] for start in range(0, len(records), size)]
+    for world in (2, 3, 4):
+        for shard in range(world):
+            share = [record for chunk in chunks[shard::world] for record in chunk]
+            longest = share[length_order(share)[-1]]
+            if longest not in chunks[shard]:
+                break
+        else:
+            continue
+        break
+    assert longest not in chunks[shard]  # the case the old probe missed exists in this data
+    probed = []
+
+    def choose(requested, job, given):
+        probed.append(given[length_order(given)[-1]].index)
+        return 4, "batch 4 (test)"
+
+    monkeypatch.setattr(extract, "choose_batch_size", choose)
+    run_features(run, FeaturesOptions(proj_dim=64, chunk_size=size, shard=f"{shard}/{world}"))
+    assert probed == [longest.index]

@@ -24,7 +24,9 @@ from tive.stages.warmup import check_launch
 # The launchers' variables, cleared so that each test sets only its own.
 LAUNCH_VARIABLES = ["RANK", "WORLD_SIZE", "LOCAL_RANK", "LOCAL_WORLD_SIZE", "MASTER_ADDR", "MASTER_PORT",
                     "SLURM_PROCID", "SLURM_NTASKS", "SLURM_LOCALID", "SLURM_NNODES", "SLURM_JOB_ID",
-                    "SLURM_ARRAY_TASK_ID", "SLURM_ARRAY_TASK_MIN", "SLURM_ARRAY_TASK_COUNT"]
+                    "SLURM_ARRAY_TASK_ID", "SLURM_ARRAY_TASK_MIN", "SLURM_ARRAY_TASK_COUNT", "SLURM_STEP_ID",
+                    "SLURM_STEP_NUM_TASKS", "TIVE_LAUNCH"]
+PAUSED_TIVE = Path(__file__).with_name("paused_tive.py")
 # The warm-up of tests/test_distributed.py's two-rank test, as flags.
 WARMUP_FLAGS = ["--model", "tiny", "--seed", "1", "--epochs", "2", "--device", "cpu"]
 
@@ -206,7 +208,8 @@ def test_plain_srun_tasks_train_together_like_one_process(warmed: Path, prepared
             [sys.executable, "-m", "tive", "warmup", str(run), *WARMUP_FLAGS],
             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
             env={**base, "OMP_NUM_THREADS": "1", "SLURM_NTASKS": "2", "SLURM_PROCID": str(task),
-                 "SLURM_LOCALID": str(task), "SLURM_NNODES": "1", "SLURM_JOB_ID": "777", "MASTER_PORT": port},
+                 "SLURM_LOCALID": str(task), "SLURM_NNODES": "1", "SLURM_JOB_ID": "777", "MASTER_PORT": port,
+                 "SLURM_STEP_ID": "0"},
         )
         for task in (0, 1)
     ]
@@ -257,3 +260,100 @@ def test_a_rank_whose_first_records_all_fail_still_trains(small_data: Path, tmp_
     assert set(first[2:]) <= {int(index) for index in two["skipped"]}
     assert two["skipped"] == one["skipped"] and two["steps"] == one["steps"] == 6
     assert_same_adapter(runs["two"], runs["one"], 1e-4)
+
+
+def _first_batch_images(data: Path, run: Path, batch_size: int = 4) -> tuple[list[int], dict[int, str]]:
+    """The records of the warm-up's first global batch (the stage's own sample and order) and their images."""
+    from tive.model.warmup import epoch_orders, warmup_sample
+    from tive.rundir import candidate_rows, read_manifest
+
+    rows = candidate_rows(read_manifest(run))
+    sample = [rows[p]["index"] for p in warmup_sample([row["task"] for row in rows], 0.08, 1)]
+    first = [sample[p] for p in epoch_orders(len(sample), 2, 1)[0][:batch_size]]
+    raw = json.loads(data.read_text())
+    return first, {index: raw[index].get("image") for index in first}
+
+
+def _srun_tasks(args: list[str], n: int = 2, pauses: list[dict] | None = None) -> list[tuple[int, str, str]]:
+    """`srun -n N python -m tive ARGS` on this machine: (return code, stdout, stderr) of each task; `pauses`: per
+    task, what tests/paused_tive.py injects."""
+    port = str(free_port())
+    base = {key: value for key, value in os.environ.items() if key not in LAUNCH_VARIABLES}
+    tasks = [
+        subprocess.Popen([sys.executable, *([str(PAUSED_TIVE)] if pauses else ["-m", "tive"]), *args],
+                         stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                         env={**base, "OMP_NUM_THREADS": "1", "SLURM_NTASKS": str(n), "SLURM_PROCID": str(task),
+                              "SLURM_LOCALID": str(task), "SLURM_NNODES": "1", "SLURM_JOB_ID": "778",
+                              "SLURM_STEP_ID": "0", "MASTER_PORT": port,
+                              "TIVE_TEST_PAUSES": json.dumps(pauses[task] if pauses else {})})
+        for task in range(n)
+    ]
+    outputs = [task.communicate(timeout=300) for task in tasks]
+    return [(task.returncode, out, err) for task, (out, err) in zip(tasks, outputs)]
+
+
+@pytest.mark.distributed
+def test_a_rank_that_stops_stops_every_rank_with_the_same_message(small_data: Path, tmp_path: Path):
+    """Two plain srun tasks, --on-bad-record error: rank 1's first record has a broken image. Before, rank 1
+    stopped alone and rank 0 was left in the step's collective (a traceback when the connection closed, or a hang
+    until the process group's timeout). Every rank learns of it in the step's status exchange and all stop with the
+    same message, no traceback."""
+    data = tmp_path / "data" / small_data.name
+    shutil.copytree(small_data.parent, data.parent)
+    run = tmp_path / "run"
+    assert main(["prepare", str(data), "--out", str(run), "--images", str(data.parent / "images"),
+                 "--task-field", "dataset"]) == 0
+    first, images = _first_batch_images(data, run)
+    assert images[first[2]] and images[first[2]] not in {images[first[0]], images[first[1]]}
+    (data.parent / "images" / images[first[2]]).write_bytes(b"not an image")
+    results = _srun_tasks(["warmup", str(run), "--batch-size", "4", "--on-bad-record", "error", *WARMUP_FLAGS])
+    assert [code for code, _, _ in results] == [2, 2], [err[-2000:] for _, _, err in results]
+    last_lines = [err.strip().splitlines()[-1] for _, _, err in results]
+    assert last_lines[0] == last_lines[1], last_lines
+    assert "rank 1 of 2" in last_lines[0] and "step 1" in last_lines[0] and f"record {first[2]}" in last_lines[0]
+    assert all("Traceback" not in err for _, _, err in results)
+    assert not (run / "warmup" / "warmup.json").exists()
+
+
+@pytest.mark.distributed
+def test_a_rank_lost_inside_a_collective_ends_its_peers_with_a_clear_message(prepared: Path, tmp_path: Path):
+    """Rank 1 runs out of memory in its second forward pass, where no status exchange can reach it: rank 0 is then
+    inside DDP's own gradient all-reduce. Rank 1 says what to lower; rank 0 ends when the collective fails (here
+    the closed connection; on a hung peer the process group's timeout) with a message, not a traceback."""
+    run = copy_of(prepared, tmp_path)
+    results = _srun_tasks(["warmup", str(run), *WARMUP_FLAGS], pauses=[{}, {"oom_at_forward": 2}])
+    (code0, _, err0), (code1, _, err1) = results
+    assert (code0, code1) == (2, 2), [err0[-2000:], err1[-2000:]]
+    assert "out of memory" in err1 and "step 2" in err1
+    assert "rank 0 of 2 lost the other ranks at step 2" in err0 and "Traceback" not in err0 + err1
+
+
+@pytest.mark.distributed
+def test_the_bad_record_cap_is_the_launchs_not_each_ranks(small_data: Path, tmp_path: Path):
+    """--warmup-fraction 1 (140 records), --max-bad-fraction 0.05 (7 records): the images of 8 records in each
+    rank's share of the first steps are broken after prepare (more records share those images). Before, each rank
+    held its own count against a cap of its own share (70 records): each stopped when its own count passed it, with
+    its own message, wherever the other one was. The cap is the launch's: both ranks check the counts summed over
+    the ranks at each step and stop at the same step with the same message."""
+    from tive.model.warmup import epoch_orders
+    from tive.rundir import candidate_rows, read_manifest
+
+    data = tmp_path / "data" / small_data.name
+    shutil.copytree(small_data.parent, data.parent)
+    run = tmp_path / "run"
+    assert main(["prepare", str(data), "--out", str(run), "--images", str(data.parent / "images"),
+                 "--task-field", "dataset"]) == 0
+    rows = candidate_rows(read_manifest(run))
+    order = [rows[p]["index"] for p in epoch_orders(len(rows), 2, 1)[0]]
+    raw = json.loads(data.read_text())
+    steps = [order[s * 8 : (s + 1) * 8] for s in range(8)]
+    chosen = {rank: [index for step in steps for index in step[rank * 4 : rank * 4 + 1]] for rank in (0, 1)}
+    broken = {raw[index]["image"] for rank in (0, 1) for index in chosen[rank] if raw[index].get("image")}
+    assert len(broken) >= 11
+    for image in broken:
+        (data.parent / "images" / image).write_bytes(b"not an image")
+    results = _srun_tasks(["warmup", str(run), "--warmup-fraction", "1", "--max-bad-fraction", "0.05",
+                           *WARMUP_FLAGS])
+    assert [code for code, _, _ in results] == [2, 2], [err[-2000:] for _, _, err in results]
+    last_lines = [err.strip().splitlines()[-1] for _, _, err in results]
+    assert last_lines[0] == last_lines[1] and "could not be used" in last_lines[0], last_lines

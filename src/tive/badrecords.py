@@ -36,9 +36,12 @@ class BadRecords:
         mode: "skip" or "error".
         max_fraction: the share of `total` that may fail before the stage stops.
         total: how many records the stage works on.
+        deferred: the caller checks the cap itself, on counts summed over the ranks of a launch (`check_counts`),
+            so that every rank stops at the same step with the same message: `fail` and `done` only count.
     """
 
-    def __init__(self, stage: str, path: Path | str, mode: str, max_fraction: float, total: int) -> None:
+    def __init__(self, stage: str, path: Path | str, mode: str, max_fraction: float, total: int,
+                 deferred: bool = False) -> None:
         check_policy(mode, max_fraction)
         self.stage = stage
         self.path = str(path)
@@ -48,6 +51,7 @@ class BadRecords:
         self.processed = 0
         self.reasons: dict[int, str] = {}
         self._first: str | None = None
+        self.deferred = deferred
 
     def fail(self, index: int, record_id: Any, field: str | None, problem: str, hint: str = "") -> None:
         """Record that record `index` failed. In "error" mode, or when failures are no longer rare, raise."""
@@ -66,18 +70,32 @@ class BadRecords:
         self.processed += count
         self._check()
 
+    @property
+    def first(self) -> str | None:
+        """The first failure, as messages name it ("record 3 (id 'a'), field 'image': ...")."""
+        return self._first
+
     def _check(self) -> None:
-        failed = len(self.reasons)
+        if not self.deferred:
+            self.check_counts(len(self.reasons), self.processed, self._first)
+
+    def over_cap(self, failed: int, processed: int) -> bool:
+        """Whether `failed` failures among `processed` records are too many (the module docstring's rules)."""
         if failed <= MIN_BAD_RECORDS:
+            return False
+        too_many = failed > self.max_fraction * self.total
+        systematic = self.max_fraction < 0.5 and failed * 2 >= max(processed, failed)
+        return too_many or systematic
+
+    def check_counts(self, failed: int, processed: int, first: str | None) -> None:
+        """Stop (raise) when `failed` of `processed` records is over the cap; `first` names the first failure."""
+        if not self.over_cap(failed, processed):
             return
         too_many = failed > self.max_fraction * self.total
-        systematic = self.max_fraction < 0.5 and failed * 2 >= max(self.processed, failed)
-        if not (too_many or systematic):
-            return
-        share = (f"{failed} of the first {max(self.processed, failed)} records"
-                 if systematic and not too_many else f"{failed} of {self.total} records")
+        share = (f"{failed} of the first {max(processed, failed)} records"
+                 if not too_many else f"{failed} of {self.total} records")
         raise TiveError(
-            f"{self.stage}: {share} could not be used (first: {self._first}); failures this common mean something "
+            f"{self.stage}: {share} could not be used (first: {first}); failures this common mean something "
             "is wrong with the run (image root, chat template, model?) rather than with a few records. Fix it, or "
             f"raise --max-bad-fraction (now {self.max_fraction:g}) to skip them; --on-bad-record error stops at the "
             "first one"

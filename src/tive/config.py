@@ -147,6 +147,10 @@ class FeaturesOptions:
         "TRAK/LESS: for small gradients only)", choices=list(projector_names()),
     )
     proj_seed: int = opt(0, "seed of the random projection")
+    allow_slow_projection: bool = opt(
+        False, "project densely even where the projection would cost more than twice the gradients (TRAK/LESS's "
+        "projection; the estimate is printed)", action="store_true",
+    )
     grad_mode: str = opt(
         "batched",
         "per-record gradients from one backward pass per batch (batched) or one per record (loop, the reference)",

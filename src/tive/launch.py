@@ -3,7 +3,9 @@
 One code path serves one process, N ranks and N independent jobs. The rank and world size come from the launcher:
 
 - `torchrun` (and anything that sets the same variables): RANK, WORLD_SIZE, LOCAL_RANK;
-- SLURM tasks of one step (`srun -n K`): SLURM_PROCID, SLURM_NTASKS, SLURM_LOCALID;
+- SLURM tasks of one step (`srun -n K`): SLURM_PROCID, SLURM_STEP_NUM_TASKS (else SLURM_NTASKS), SLURM_LOCALID —
+  trusted only inside a step (SLURM_STEP_ID set): the batch script of `sbatch --ntasks=8` also has SLURM_PROCID=0
+  and SLURM_NTASKS=8, but it is one process, and is taken as one (saying so: the tasks start only with srun);
 - SLURM array jobs (`sbatch --array=0-K-1`): SLURM_ARRAY_TASK_ID - SLURM_ARRAY_TASK_MIN, SLURM_ARRAY_TASK_COUNT;
 - `--shard I/K` for processes started by hand (several machines, a queue without SLURM).
 
@@ -37,12 +39,14 @@ class Launch:
         world: how many processes share the work.
         local_rank: the rank on this machine (picks the GPU), 0 without a launcher.
         kind: "single", "torchrun", "slurm", "slurm-array" or "shard".
+        note: what else the environment said, for `describe` (e.g. a SLURM allocation run without srun).
     """
 
     rank: int = 0
     world: int = 1
     local_rank: int = 0
     kind: str = "single"
+    note: str = ""
 
     @property
     def concurrent(self) -> bool:
@@ -54,8 +58,9 @@ class Launch:
         return chunk % self.world == self.rank
 
     def describe(self) -> str:
+        """How this process is named in messages and chunk markers ("rank 2 of 8 (slurm)")."""
         if self.world == 1:
-            return "one process"
+            return "one process" + (f" ({self.note})" if self.note else "")
         return f"{'shard' if self.kind in ('shard', 'slurm-array') else 'rank'} {self.rank} of {self.world} ({self.kind})"
 
 
@@ -84,22 +89,27 @@ def _number(env: Mapping[str, str], name: str) -> int | None:
 def detect_launch(shard: str | None = None, env: Mapping[str, str] | None = None) -> Launch:
     """This process's launch, from `--shard` or the launcher's environment variables (see the module docstring).
 
-    torchrun's variables with SLURM's values (RANK = SLURM_PROCID, WORLD_SIZE = SLURM_NTASKS) are a SLURM step
-    whose variables were exported (`slurm_torch_env`), so the launch stays "slurm" once the warm-up has done that.
+    torchrun's variables are a SLURM step's only where `slurm_torch_env` exported them (it marks them with
+    TIVE_LAUNCH=slurm), so the launch stays "slurm" once the warm-up has done that, and torchrun run inside an
+    allocation is "torchrun" on every rank.
     """
     env = os.environ if env is None else env
 
     def number(name: str) -> int | None:
         return _number(env, name)
 
+    in_step = bool((env.get("SLURM_STEP_ID") or "").strip())
+    step_tasks = number("SLURM_STEP_NUM_TASKS") if in_step and number("SLURM_STEP_NUM_TASKS") else (
+        number("SLURM_NTASKS"))
     launched = None
     world = number("WORLD_SIZE")
     if world is not None and number("RANK") is not None:
         rank = number("RANK")
-        slurm = rank == number("SLURM_PROCID") and world == number("SLURM_NTASKS")
+        slurm = (env.get(EXPORTED_MARK) == "slurm" and in_step and rank == number("SLURM_PROCID")
+                 and world == step_tasks)
         launched = Launch(rank, world, number("LOCAL_RANK") or 0, "slurm" if slurm else "torchrun")
-    elif (number("SLURM_NTASKS") or 1) > 1 and number("SLURM_PROCID") is not None:
-        launched = Launch(number("SLURM_PROCID"), number("SLURM_NTASKS"), number("SLURM_LOCALID") or 0, "slurm")
+    elif in_step and (step_tasks or 1) > 1 and number("SLURM_PROCID") is not None:
+        launched = Launch(number("SLURM_PROCID"), step_tasks, number("SLURM_LOCALID") or 0, "slurm")
     elif number("SLURM_ARRAY_TASK_ID") is not None and (number("SLURM_ARRAY_TASK_COUNT") or 1) > 1:
         index = number("SLURM_ARRAY_TASK_ID") - (number("SLURM_ARRAY_TASK_MIN") or 0)
         launched = Launch(index, number("SLURM_ARRAY_TASK_COUNT"), 0, "slurm-array")
@@ -112,11 +122,18 @@ def detect_launch(shard: str | None = None, env: Mapping[str, str] | None = None
         rank, world = parse_shard(shard)
         return Launch(rank, world, 0, "shard")
     if launched is None or launched.world <= 1:
+        allocated = number("SLURM_NTASKS") or 1
+        if not in_step and allocated > 1 and (launched is None or launched.kind != "slurm-array"):
+            return Launch(note=f"a SLURM allocation of {allocated} tasks without srun: this one process does all "
+                               "the work; start the tasks with `srun python -m tive ...` to share it")
         return Launch()
     if not 0 <= launched.rank < launched.world:
         raise TiveError(f"{launched.kind}: rank {launched.rank} is outside 0..{launched.world - 1}")
     return launched
 
+
+# Set beside the torch.distributed variables `slurm_torch_env` exports: they are a SLURM step's, not torchrun's.
+EXPORTED_MARK = "TIVE_LAUNCH"
 
 # The port rank 0 listens on when neither MASTER_PORT nor SLURM_JOB_ID says (torch's own default), and the range a
 # job id is mapped into (below Linux's ephemeral ports, 32768 and up, so no outgoing connection holds it).
@@ -134,11 +151,13 @@ def slurm_torch_env(env: Mapping[str, str]) -> dict[str, str]:
     127.0.0.1; on several nodes rank 0's host cannot be known from here, so a missing MASTER_ADDR is refused with
     how to set it.
     """
-    procid, ntasks = _number(env, "SLURM_PROCID"), _number(env, "SLURM_NTASKS")
+    procid = _number(env, "SLURM_PROCID")
+    ntasks = _number(env, "SLURM_STEP_NUM_TASKS") or _number(env, "SLURM_NTASKS")
     if procid is None or ntasks is None:
         raise TiveError("SLURM_PROCID and SLURM_NTASKS are not set: this process is not a task of an srun step")
     nodes = _number(env, "SLURM_NNODES") or _number(env, "SLURM_JOB_NUM_NODES")
-    out = {"RANK": str(procid), "WORLD_SIZE": str(ntasks), "LOCAL_RANK": str(_number(env, "SLURM_LOCALID") or 0)}
+    out = {"RANK": str(procid), "WORLD_SIZE": str(ntasks), "LOCAL_RANK": str(_number(env, "SLURM_LOCALID") or 0),
+           EXPORTED_MARK: "slurm"}
     local_world = ntasks if nodes == 1 else _tasks_on_node(env.get("SLURM_TASKS_PER_NODE", ""),
                                                            _number(env, "SLURM_NODEID"))
     if local_world is not None:

@@ -12,6 +12,7 @@ from __future__ import annotations
 import logging
 import sys
 import time
+from collections.abc import Callable
 from typing import Any
 
 log = logging.getLogger("tive")
@@ -38,11 +39,15 @@ class Progress:
         unit: its unit ("rec", "step").
         initial: work already done before this process started (a resumed run).
         interval: seconds between lines when the output is not a terminal (None: `DEFAULT_INTERVAL`).
-        enabled: False on ranks other than 0 (one progress display per launch).
+        enabled: False on ranks other than 0 of a launch (one progress display per launch; every independent shard
+            shows its own).
+        others: for rank 0 of a launch, the work the other ranks have finished since this process started (read
+            when a line is shown): the lines then count the launch's work, `total` included, at the launch's rate.
     """
 
     def __init__(self, desc: str, total: int, unit: str, initial: int = 0,
-                 interval: float | None = None, enabled: bool = True, stream: Any = None) -> None:
+                 interval: float | None = None, enabled: bool = True, stream: Any = None,
+                 others: Callable[[], int] | None = None) -> None:
         self.desc = desc
         self.total = total
         self.unit = unit
@@ -50,6 +55,7 @@ class Progress:
         self.initial = initial
         self.interval = DEFAULT_INTERVAL if interval is None else interval
         self.enabled = enabled
+        self.others = others
         self.stream = stream if stream is not None else sys.stderr
         self.started = time.perf_counter()
         self.last_line = self.started
@@ -93,9 +99,14 @@ class Progress:
             self._line()
 
     def line(self) -> str:
-        eta = self.eta()
-        text = f"{self.desc}: {self.done}/{self.total} {self.unit}, {self.rate:.3g} {self.unit}/s"
-        text += f", ETA {format_seconds(eta)}" if eta is not None and self.done < self.total else ""
+        done, rate, eta = self.done, self.rate, self.eta()
+        if self.others is not None:  # the launch's work: this process's and what the others have finished
+            done += self.others()
+            elapsed = time.perf_counter() - self.started
+            rate = (done - self.initial) / elapsed if elapsed > 0 else 0.0
+            eta = (self.total - done) / rate if rate > 0 else None
+        text = f"{self.desc}: {done}/{self.total} {self.unit}, {rate:.3g} {self.unit}/s"
+        text += f", ETA {format_seconds(eta)}" if eta is not None and done < self.total else ""
         return text + (f", {self.postfix}" if self.postfix else "")
 
     def _line(self) -> None:

@@ -92,7 +92,8 @@ def _available_cpu_bytes() -> int:
 def choose_batch_size(requested: int | None, job: Extraction, records: Sequence[Record]) -> tuple[int, str]:
     """The gradient batch to use and why: `requested` when given (honoured as is), else from free memory.
 
-    On a GPU, the longest of `records` (by the length estimate) is run alone and its peak memory measured;
+    On a GPU, the longest of `records` (by `length_order`'s estimate; the caller gives every record this process
+    computes, so that no later chunk holds a longer one) is run alone and its peak memory measured;
     the batch is what fits in 80% of the free memory at that cost per record (at most 64). On a CPU, where the
     peak cannot be measured, the per-record gradient (materialised, then projected) is the estimate, against half
     of the available memory (at most 16).
@@ -106,7 +107,8 @@ def choose_batch_size(requested: int | None, job: Extraction, records: Sequence[
         return requested, f"batch {requested} (--grad-batch-size)"
     grad_dim = sum(p.numel() for _, p in job.named_params)
     if job.device.startswith("cuda") and records:
-        probe = encode_batch(job.encoder, [records[length_order(records)[-1]]])
+        longest = records[length_order(records)[-1]]
+        probe = encode_batch(job.encoder, [longest])
         if probe.inputs is not None:
             torch.cuda.synchronize()
             torch.cuda.reset_peak_memory_stats()
@@ -116,7 +118,8 @@ def choose_batch_size(requested: int | None, job: Extraction, records: Sequence[
                 BatchedGradients(job.model, job.named_params).norms_and_projection(inputs, job.projector)
             except torch.OutOfMemoryError as error:
                 raise TiveError(
-                    f"features: out of memory on {job.device} with one record (the longest of the first chunk); "
+                    f"features: out of memory on {job.device} with one record (the longest this process computes, "
+                    f"record {longest.index}, id {longest.record_id!r}); "
                     "add --gradient-checkpointing, a smaller --max-length or --dtype bfloat16"
                 ) from error
             del inputs
@@ -131,32 +134,43 @@ def choose_batch_size(requested: int | None, job: Extraction, records: Sequence[
     return batch, f"batch {batch} (auto: {available / 2**30:.1f} GB available, ~{per_record / 2**20:.0f} MB a record)"
 
 
-def check_dense_cost(job: Extraction, records: Sequence[Record], limit: float = 2.0) -> None:
-    """Refuse the dense projection when projecting a batch would take more than `limit` times its backward pass.
+def measure_dense_cost(job: Extraction, records: Sequence[Record], limit: float = 2.0) -> dict[str, Any] | None:
+    """Measure whether the dense projection costs more than `limit` times the gradients it projects.
 
-    Both are measured here: one batch's forward and backward pass (the first of `records`), and the projector's
-    own estimate of one call on that batch (it times a slice and scales it to the whole gradient).
+    One batch (`records`) goes through the forward and backward pass twice, the second timed (the first pays the
+    one-time costs, as the projector's own estimate — a timed slice scaled to the whole gradient — is warm too).
+    Returns the measurement and the verdict ("accepted": projecting ≤ `limit` × backward), or None when no record
+    of the batch encodes.
     """
     from tive.features.grads import BatchedGradients
     from tive.model.data import encode_batch
 
     probe = encode_batch(job.encoder, list(records))
     if probe.inputs is None:
-        return
+        return None
     inputs = {key: value.to(job.device) for key, value in probe.inputs.items()}
+    gradients = BatchedGradients(job.model, job.named_params)
+    for _ in gradients._parts(inputs):  # untimed: the first pass's one-time costs
+        pass
     started = time.perf_counter()
-    for _ in BatchedGradients(job.model, job.named_params)._parts(inputs):
+    for _ in gradients._parts(inputs):
         pass
     backward = time.perf_counter() - started
     projecting = job.projector.estimate_seconds(len(probe.members))
-    if projecting > limit * backward:
-        raise TiveError(
-            f"--projector dense: projecting a batch of {len(probe.members)} would take ~{projecting:.3g} s, the "
-            f"forward and backward pass ~{backward:.3g} s: dense would cost {projecting / backward:.0f}x the "
-            f"gradients themselves ({job.projector.grad_dim:,} numbers x {job.projector.proj_dim} dims of random "
-            "signs per call). Use --projector sjlt (the same inner products in expectation, at a few additions per "
-            "number), or a smaller --proj-dim"
-        )
+    return {"batch": len(probe.members), "projecting_seconds": projecting, "backward_seconds": backward,
+            "limit": limit, "accepted": projecting <= limit * backward}
+
+
+def dense_refusal(check: dict[str, Any], grad_dim: int, proj_dim: int) -> str:
+    """The message that refuses the dense projection, with the recorded measurement `check`."""
+    projecting, backward = check["projecting_seconds"], check["backward_seconds"]
+    return (
+        f"--projector dense: projecting a batch of {check['batch']} would take ~{projecting:.3g} s, the forward and "
+        f"backward pass ~{backward:.3g} s: dense would cost {projecting / max(backward, 1e-12):.0f}x the gradients "
+        f"themselves ({grad_dim:,} numbers x {proj_dim} dims of random signs per call). Use --projector sjlt (the "
+        "same inner products in expectation, at a few additions per number), or a smaller --proj-dim; or pass "
+        "--allow-slow-projection to project densely anyway (TRAK/LESS's projection)"
+    )
 
 
 def plan_batches(chunks: Sequence[tuple[int, Sequence[Record]]], batch_size: int) -> list[tuple[Any, list[Record]]]:

@@ -17,10 +17,12 @@ killed or resumed run (with any number of processes) recomputes only the chunks 
 arrays are byte-identical to an uninterrupted run's on the CPU. Chunks left without a `meta.json` (their
 provenance unknown) are never reused.
 
-**Merge.** Once every chunk has its marker, whoever finishes last (rank 0 of a torchrun/srun launch, the last
-shard, or `tive score`) validates each chunk's shapes, concatenates them into features.npy / norms.npy, writes
-`meta.json` with "complete": true and removes the chunks, so the store on disk is the final arrays. Two mergers
-racing is harmless: they write identical bytes through atomic renames.
+**Merge.** Once every chunk has its marker, the process that completes the store (rank 0 of a torchrun/srun
+launch, the last shard, or `tive score`: `tive.features.completion`) claims the completion (`completing.json`, an
+atomic create that names its owner), validates each chunk's shapes, concatenates them into features.npy /
+norms.npy, lets the caller bring the manifest up to date, writes `meta.json` with "complete": true and removes the
+chunks, so the store on disk is the final arrays. Only the claim's owner merges; a claim whose owner is gone (its
+process ended, on this host, or no sign of progress for `--wait-timeout` seconds) is taken over.
 
 **Provenance.** `meta.json`'s `request` holds everything that decides the numbers and is known before the model is
 loaded (model fingerprint, adapter SHA-256, encoding version, projector type/version/seed/dimension, gradient
@@ -30,8 +32,13 @@ is refused (or, with force, discarded), and a complete one with the same request
 
 from __future__ import annotations
 
+import json
+import os
 import shutil
-from collections.abc import Sequence
+import socket
+import time
+import uuid
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -44,6 +51,8 @@ META_FILE = "meta.json"
 FEATURES_FILE = "features.npy"
 NORMS_FILE = "norms.npy"
 CHUNKS_DIR = "chunks"
+CLAIM_FILE = "completing.json"
+PROJECTION_CHECK_FILE = "projection_check.json"
 
 FEATURE_DTYPES = ("float16", "float32")
 
@@ -183,13 +192,123 @@ class FeatureStore:
     def chunk_info(self, chunk: int) -> dict[str, Any]:
         return read_json(self._chunk_paths(chunk)[2])
 
+    # -------------------------------------------------------------------------------------- projection check
+    def projection_check(self) -> dict[str, Any] | None:
+        """The recorded decision on the dense projection's cost (`record_projection_check`), None before it."""
+        path = self.dir / PROJECTION_CHECK_FILE
+        try:
+            return read_json(path)
+        except (OSError, ValueError):
+            return None
+
+    def record_projection_check(self, check: dict[str, Any]) -> dict[str, Any]:
+        """Record `check` unless a decision is already recorded; returns the one that stands (the first process's:
+        created by a hard link, which fails where the name exists, so concurrent processes agree)."""
+        path = self.dir / PROJECTION_CHECK_FILE
+        private = self.dir / f".check.{socket.gethostname()}.{os.getpid()}.{uuid.uuid4().hex}"
+        private.write_text(json.dumps(check, indent=2) + "\n", encoding="utf-8")
+        try:
+            os.link(private, path)
+        except FileExistsError:
+            pass
+        finally:
+            private.unlink(missing_ok=True)
+        return self.projection_check() or check
+
+    def allow_projection(self) -> None:
+        """Record that the user let a refused dense projection go on (--allow-slow-projection)."""
+        check = self.projection_check()
+        if check is not None and not check.get("allowed"):
+            write_json(self.dir / PROJECTION_CHECK_FILE, {**check, "allowed": True})
+
+    # ---------------------------------------------------------------------------------------------- completion
+    @property
+    def claim_path(self) -> Path:
+        return self.dir / CLAIM_FILE
+
+    def claim_completion(self, owner: dict[str, Any], stale_after: float) -> bool:
+        """Claim the store's completion for `owner`; False when another process holds it.
+
+        The claim is created atomically where NFS too creates atomically: a private file is hard-linked to
+        `completing.json` (link fails when the name exists); a lost reply is recognised, as open(2) advises, by the
+        private file's link count. A claim that `claim_is_abandoned` is first moved aside (a rename: one process
+        wins it), then claimed again.
+        """
+        self.dir.mkdir(parents=True, exist_ok=True)
+        private = self.dir / f".claim.{socket.gethostname()}.{os.getpid()}.{uuid.uuid4().hex}"
+        private.write_text(json.dumps({**owner, "claimed_at": time.time()}), encoding="utf-8")
+        try:
+            for attempt in range(2):
+                try:
+                    os.link(private, self.claim_path)
+                    return True
+                except FileExistsError:
+                    if os.stat(private).st_nlink == 2:
+                        return True
+                if attempt or not self._take_over_abandoned(stale_after):
+                    return False
+            return False
+        finally:
+            private.unlink(missing_ok=True)
+
+    def completion_claim(self) -> dict[str, Any] | None:
+        """The owner named by the current claim, or None when nobody holds one."""
+        try:
+            return read_json(self.claim_path)
+        except (OSError, ValueError):
+            return None
+
+    def claim_is_abandoned(self, stale_after: float) -> bool:
+        """Whether the current claim's owner is gone: a process of this host that has ended, or a claim without a
+        sign of progress (the owner touches it as it merges) for `stale_after` seconds, whose process cannot be
+        checked from here or no longer answers."""
+        claim = self.completion_claim()
+        try:
+            age = time.time() - self.claim_path.stat().st_mtime
+        except OSError:
+            return False
+        if claim is None:
+            return age > stale_after  # unreadable: judged by its age alone
+        if claim.get("host") == socket.gethostname() and not _process_alive(int(claim.get("pid", -1))):
+            return True
+        return age > stale_after
+
+    def _take_over_abandoned(self, stale_after: float) -> bool:
+        """Move an abandoned claim aside (only one process's rename succeeds); True when this one did."""
+        if not self.claim_is_abandoned(stale_after):
+            return False
+        try:
+            os.rename(self.claim_path, self.dir / f".abandoned.{uuid.uuid4().hex}")
+        except FileNotFoundError:
+            return False
+        return True
+
+    def release_completion(self, owner: dict[str, Any]) -> None:
+        """Remove the claim if `owner` holds it."""
+        claim = self.completion_claim()
+        if claim is not None and claim.get("token") == owner.get("token"):
+            self.claim_path.unlink(missing_ok=True)
+        for leftover in self.dir.glob(".abandoned.*"):
+            leftover.unlink(missing_ok=True)
+
+    def _heartbeat(self) -> None:
+        """Show the claim's owner is making progress."""
+        try:
+            os.utime(self.claim_path)
+        except OSError:
+            pass
+
     # --------------------------------------------------------------------------------------------------- merge
-    def merge(self, chunk_records: Sequence[Sequence[int]], dtype: str) -> dict[str, Any]:
+    def merge(self, chunk_records: Sequence[Sequence[int]], dtype: str, completed_by: dict[str, Any] | None = None,
+              before_complete: Callable[[dict[str, Any]], Any] | None = None) -> dict[str, Any]:
         """Concatenate every chunk into features.npy / norms.npy, mark the store complete, remove the chunks.
 
         Args:
             chunk_records: per chunk, the indices of its candidate records (what the chunk must account for).
             dtype: the stored feature dtype.
+            completed_by: the owner of the completion claim (recorded in meta.json).
+            before_complete: called with the complete meta.json once the arrays are in place and before it is
+                written (the caller brings the manifest up to date there: a complete store is a synced one).
 
         Returns:
             The complete meta.json, with `records` (rows), `records_sha256` (of their indices), `skipped`
@@ -237,10 +356,12 @@ class FeatureStore:
                 features[row : row + len(x)] = x
                 norms[row : row + len(n)] = n
                 row += len(x)
+                self._heartbeat()
             features.flush()
             norms.flush()
             del features, norms
         skipped = {str(i): reason for info in infos for i, reason in info.get("skipped", {}).items()}
+        check = self.projection_check()
         complete = {
             **(self.meta() or {}),
             **described,
@@ -254,11 +375,29 @@ class FeatureStore:
                                     if key in info}}
                 for chunk, info in enumerate(infos)
             ],
+            **({"projection_check": check} if check is not None else {}),
+            **({"completed_by": {key: completed_by[key] for key in ("process", "host", "pid", "token")}}
+               if completed_by else {}),
             "complete": True,
         }
+        if before_complete is not None:
+            before_complete(complete)
         write_json(self.meta_path, complete)  # last: the store's completion marker
         shutil.rmtree(self.chunks_dir, ignore_errors=True)
         return complete
+
+
+def _process_alive(pid: int) -> bool:
+    """Whether process `pid` of this host exists."""
+    if pid <= 0:
+        return False
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
 
 
 def load_features(features_dir: Path, n_rows: int) -> tuple[np.ndarray, np.ndarray]:

@@ -205,14 +205,31 @@ def train_warmup(
             _set_rng_state(rng_state, device)
         for step in range(start_step, total_steps):
             parts = [next(pending) for _ in micro[step - start_step][1]]
-            for part in parts:
-                for failure in part.failures:
-                    bad.fail(failure.record.index, failure.record.record_id, failure.field, failure.problem)
-                bad.done(len(part.members) + len(part.failures))
-                truncated.update(part.truncated)
+            stop: str | None = None  # why this rank cannot go on (shared with the others before anyone stops)
+            try:
+                for part in parts:
+                    for failure in part.failures:
+                        bad.fail(failure.record.index, failure.record.record_id, failure.field, failure.problem)
+                    bad.done(len(part.members) + len(part.failures))
+                    truncated.update(part.truncated)
+            except TiveError as error:
+                if world == 1:
+                    raise
+                stop = str(error)
             good = [part for part in parts if part.inputs is not None]
+            if world > 1 and stop is None and not good and last_inputs is None:
+                # Nothing of its own this step and nothing encoded yet: a later record for the zero-weight pass
+                # DDP needs (found before the status exchange, so a rank that finds none stops every rank).
+                later = (records[i] for _, rest in micro[step - start_step + 1:] for part in rest for i in part)
+                try:
+                    last_inputs = first_encodable(encoder, itertools.chain(later, records))
+                except TiveError as error:
+                    stop = str(error)
             local = torch.tensor([float(sum(len(part.members) for part in good))], device=device)
-            count = float(accelerator.reduce(local, "sum").item()) if world > 1 else float(local.item())
+            if world > 1:
+                count = _step_status(accelerator, step, local, stop, bad)
+            else:
+                count = float(local.item())
             if count == 0:  # every record of this global batch failed: no step (the schedule moves on)
                 with warnings.catch_warnings():  # no optimiser step, on purpose: torch's warning does not apply
                     warnings.filterwarnings("ignore", r"Detected call of `lr_scheduler\.step\(\)` before")
@@ -220,9 +237,6 @@ def train_warmup(
                 progress.update(1)
                 continue
             if not good:  # this rank has nothing, but DDP needs its backward: a zero-weight pass on other inputs
-                if last_inputs is None:  # nothing encoded yet (first step, or first after resuming): a later record
-                    later = (records[i] for _, rest in micro[step - start_step + 1:] for part in rest for i in part)
-                    last_inputs = first_encodable(encoder, itertools.chain(later, records))
                 good, weight = [last_inputs], 0.0
             else:
                 weight = 1.0
@@ -247,9 +261,18 @@ def train_warmup(
                     f"pass); lower --per-device-batch-size (now {plan.per_device}; the effective batch stays "
                     f"--batch-size {plan.batch_size}), add --gradient-checkpointing, or a smaller --max-length"
                 ) from error
+            except RuntimeError as error:
+                if world > 1 and _lost_peers(error):
+                    raise TiveError(_lost_message(rank, world, step)) from error
+                raise
             scheduler.step()
             optimizer.zero_grad(set_to_none=True)
-            value = float((accelerator.reduce(loss_sum, "sum") if world > 1 else loss_sum).item()) / count
+            try:
+                value = float((accelerator.reduce(loss_sum, "sum") if world > 1 else loss_sum).item()) / count
+            except RuntimeError as error:
+                if _lost_peers(error):
+                    raise TiveError(_lost_message(rank, world, step)) from error
+                raise
             losses.append(value)
             if rank == 0:
                 log_file.write(json.dumps({"step": step + 1, "epoch": step // steps_per_epoch, "loss": value,
@@ -264,6 +287,60 @@ def train_warmup(
     if accelerator.is_main_process:
         shutil.rmtree(checkpoint, ignore_errors=True)
     return losses, truncated
+
+
+def _step_status(accelerator: Any, step: int, local: Any, stop: str | None, bad: BadRecords) -> float:
+    """The ranks' status exchange of one step: the global batch's usable records (returned), whether a rank stopped
+    and the bad records so far, summed over the ranks in one all-reduce. Every rank learns there that one stopped,
+    or that the bad records of all ranks together are over the cap, and all stop at this step with one message
+    (the stopping rank's own, or the first failure of the lowest rank that has one)."""
+    import torch
+    from accelerate.utils import gather_object
+
+    rank, world = accelerator.process_index, accelerator.num_processes
+    status = torch.tensor([float(local.item()), float(stop is not None), float(len(bad.reasons)),
+                           float(bad.processed)], device=local.device, dtype=torch.float64)
+    try:
+        count, stopped, failed, processed = (float(x) for x in accelerator.reduce(status, "sum").tolist())
+    except RuntimeError as error:
+        if _lost_peers(error):
+            raise TiveError(_lost_message(rank, world, step)) from error
+        raise
+    if stopped:
+        reasons = gather_object([(rank, stop)])
+        first_rank, reason = min((r, why) for r, why in reasons if why is not None)
+        raise TiveError(f"warmup: rank {first_rank} of {world} stopped at step {step + 1}, so every rank stops: "
+                        f"{reason}")
+    if bad.over_cap(int(failed), int(processed)):
+        firsts = [first for first in gather_object([bad.first]) if first is not None]
+        bad.check_counts(int(failed), int(processed), min(firsts, key=_record_number) if firsts else None)
+    return count
+
+
+def _record_number(first: str) -> int:
+    """The record index a `BadRecords.first` description starts with ("record 12 (id ...": 12)."""
+    try:
+        return int(first.split()[1])
+    except (IndexError, ValueError):
+        return 0
+
+
+def _lost_peers(error: BaseException) -> bool:
+    """Whether `error` is a collective that failed because another rank is gone or does not answer (gloo's closed
+    connection, a process group's timeout, NCCL's failure), not a fault of this rank's own."""
+    import torch.distributed as dist
+
+    if isinstance(error, getattr(dist, "DistError", ())):
+        return True
+    text = str(error).lower()
+    return any(sign in text for sign in ("connection closed by peer", "connection reset by peer", "timed out",
+                                         "broken pipe"))
+
+
+def _lost_message(rank: int, world: int, step: int) -> str:
+    return (f"warmup: rank {rank} of {world} lost the other ranks at step {step + 1} (a collective failed or passed "
+            "the process group's timeout): another rank stopped or hangs; its own output says why. Fix that and "
+            "rerun the launch: the warm-up resumes from its last checkpoint (--checkpoint-steps)")
 
 
 def first_encodable(encoder: Any, records: Iterable[Record]) -> Any:

@@ -3,7 +3,8 @@
 One code path for one process, the ranks of a `torchrun` / `srun` launch, and independent shards (SLURM array
 jobs, `--shard I/K`): each process computes the missing chunks it owns (`tive.launch`) and commits them to the
 store (`tive.features.store`); the store is completed by whoever finds every chunk done — rank 0 of a launch
-(which waits for its peers), the last shard, or `tive score`.
+(which waits for its peers), the last shard, or `tive score` — one of them, which claims the completion
+(`tive.features.completion`).
 """
 
 from __future__ import annotations
@@ -13,28 +14,24 @@ from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
-import numpy as np
-
 from tive.badrecords import BadRecords, check_policy
 from tive.config import FeaturesOptions, write_run_config
 from tive.errors import TiveError
-from tive.features.store import FEATURE_DTYPES, NORMS_FILE, FeatureStore
+from tive.features.completion import chunk_records_of, complete_store, listed, sync_manifest
+from tive.features.store import FEATURE_DTYPES, FeatureStore
 from tive.io import read_json, sha256_file, sha256_json
 from tive.launch import Launch, detect_launch
 from tive.rundir import (
     ADAPTER_DIR,
     ADAPTER_WEIGHTS,
     FEATURES_DIR,
-    FEATURES_SKIP,
     WARMUP_DIR,
     WARMUP_MARKER,
     candidate_rows,
     load_prepared,
-    ok_rows,
     open_run_dir,
     read_manifest,
     stage_log,
-    write_manifest,
 )
 from tive.stages.common import check_encoding_options, say
 from tive.stages.retry import finish_retry, recheck_features, retry_skipped
@@ -169,9 +166,8 @@ def _features(run_dir: Path, options: FeaturesOptions, launch: Launch) -> dict[s
 def _compute(run_dir: Path, options: FeaturesOptions, launch: Launch, warm: dict[str, Any], store: FeatureStore,
              chunk_rows: list[list[dict[str, Any]]], mine: list[int], n_candidates: int) -> None:
     """Load the reference model and compute this process's chunks."""
-    from tive.features.extract import check_dense_cost, choose_batch_size, extract_chunks, make_extraction
+    from tive.features.extract import choose_batch_size, extract_chunks, make_extraction
     from tive.model.loading import load_with_adapter, resolve_device
-    from tive.progress import Progress
 
     device = resolve_device(options.device)
     if device == "cuda" and launch.world > 1:
@@ -188,9 +184,12 @@ def _compute(run_dir: Path, options: FeaturesOptions, launch: Launch, warm: dict
     chunks = [(chunk, [dataset.records[row["index"]] for row in chunk_rows[chunk]]) for chunk in mine]
     n_records = sum(len(records) for _, records in chunks)
     done = sum(len(rows) for chunk, rows in enumerate(chunk_rows) if store.has_chunk(chunk))
-    job.batch_size, batch_reason = choose_batch_size(options.grad_batch_size, job, chunks[0][1][:256])
+    # Probed with the longest record of this process's whole share: a later, longer chunk must fit too.
+    share = [record for _, records in chunks for record in records]
+    job.batch_size, batch_reason = choose_batch_size(options.grad_batch_size, job, share)
     if options.projector == "dense":
-        check_dense_cost(job, chunks[0][1][: job.batch_size])
+        _check_dense(job, store, chunks[0][1][: job.batch_size], n_records, options.allow_slow_projection,
+                     launch.describe())
     say(
         f"features: {n_records} of {n_candidates} records ({len(mine)} chunks) on {launch.describe()}, gradient of "
         f"{grad_dim:,} LoRA numbers -> {projector.proj_dim} dims ({options.projector}), {options.grad_mode} "
@@ -200,31 +199,78 @@ def _compute(run_dir: Path, options: FeaturesOptions, launch: Launch, warm: dict
     )
     bad = BadRecords("features", dataset.path, options.on_bad_record, options.max_bad_fraction, n_records)
     started = time.perf_counter()
-    with Progress("features", n_records, "rec", 0, options.progress_interval, launch.rank == 0) as progress:
+    with _progress(options, launch, store, chunk_rows, n_records) as progress:
         extract_chunks(job, chunks, store, bad, progress, options.loader_workers)
     say(f"features: {n_records} records in {time.perf_counter() - started:.1f} s on {launch.describe()}"
         + (f"; {bad.summary()}" if bad.reasons else ""))
 
 
+def _progress(options: FeaturesOptions, launch: Launch, store: FeatureStore, chunk_rows: list[list[dict[str, Any]]],
+              n_records: int) -> Any:
+    """The features' progress display. Every independent shard (array task, --shard) and a single process show
+    their own; of a torchrun / srun launch, rank 0 shows the launch's (its records and those of the chunks the other
+    ranks commit, against all the launch computes) and the other ranks none."""
+    from tive.progress import Progress
+
+    if not launch.concurrent:
+        desc = "features" if launch.world == 1 else f"features ({launch.describe()})"
+        return Progress(desc, n_records, "rec", 0, options.progress_interval, True)
+    if launch.rank != 0:
+        return Progress("features", n_records, "rec", 0, options.progress_interval, False)
+    theirs = [chunk for chunk in range(len(chunk_rows)) if not launch.owns(chunk) and not store.has_chunk(chunk)]
+    total = n_records + sum(len(chunk_rows[chunk]) for chunk in theirs)
+
+    def others() -> int:
+        return sum(len(chunk_rows[chunk]) for chunk in theirs if store.has_chunk(chunk))
+
+    return Progress(f"features ({launch.world} ranks)", total, "rec", 0, options.progress_interval, True,
+                    others=others)
+
+
+def _check_dense(job: Any, store: FeatureStore, batch: list[Any], n_records: int, allow: bool,
+                 process: str) -> None:
+    """Refuse the dense projection when it would cost more than twice the gradients, unless `allow`.
+
+    Decided once for the store: the first process to measure records its decision (features/projection_check.json,
+    copied into meta.json at the merge); every other process and every restart follows it, so a borderline case is
+    never accepted on one rank and refused on another. `--force` (a new store) decides again.
+    """
+    from tive.features.extract import dense_refusal, measure_dense_cost
+
+    check = store.projection_check()
+    if check is None:
+        measured = measure_dense_cost(job, batch)
+        if measured is None:
+            return
+        check = store.record_projection_check({**measured, "decided_by": process})
+    if check["accepted"]:
+        return
+    if not allow:
+        raise TiveError(dense_refusal(check, job.projector.grad_dim, job.projector.proj_dim)
+                        + f" (measured by {check['decided_by']}, recorded in {store.dir / 'projection_check.json'})")
+    store.allow_projection()
+    batches = -(-n_records // max(1, check["batch"]))
+    say(f"features: --allow-slow-projection: projecting a batch of {check['batch']} takes ~"
+        f"{check['projecting_seconds']:.3g} s against ~{check['backward_seconds']:.3g} s for its gradients "
+        f"({check['projecting_seconds'] / max(check['backward_seconds'], 1e-12):.0f}x); ~"
+        f"{batches * check['projecting_seconds'] / 3600:.3g} h of projection for this process's {n_records} records")
+
+
 def complete_features(run_dir: Path, store: FeatureStore, wait: bool = False,
                       launch: Launch | None = None, wait_timeout: float = 3600.0) -> dict[str, Any]:
-    """Merge the store when every chunk is done (waiting for them with `wait`), then bring the manifest up to date.
+    """Complete the store when every chunk is done and this process is one that completes (see
+    `tive.features.completion`), waiting for the chunks with `wait`; then bring the manifest up to date.
 
-    Without `wait` and with chunks missing, returns the store's meta.json as it is and says what is missing. With
-    `wait`, gives up (naming the missing chunks) after `wait_timeout` seconds without a new chunk.
+    A non-zero rank of a torchrun / srun launch never completes: rank 0 does, after waiting for it. Without `wait`
+    and with chunks missing, returns the store's meta.json as it is and says what is missing. With `wait`, gives up
+    (naming the missing chunks) after `wait_timeout` seconds without a new chunk.
     """
     meta = store.meta()
     if meta is None:
         raise TiveError(f"{store.dir}: no features here; run `tive features {run_dir}`")
     if meta.get("complete"):
         return sync_manifest(run_dir, store)
-    request = meta["request"]
-    candidates = candidate_rows(read_manifest(run_dir))
-    if sha256_json([row["index"] for row in candidates]) != request["candidates_sha256"]:
-        raise TiveError(f"{store.dir}: was started for other records than manifest.jsonl's; rerun "
-                        f"`tive features {run_dir} --force`")
-    size = request["chunk_size"]
-    chunk_records = [[row["index"] for row in candidates[s : s + size]] for s in range(0, len(candidates), size)]
+    chunk_records = chunk_records_of(run_dir, store, meta)
     missing = store.missing_chunks(len(chunk_records))
     if missing and wait:
         say(f"features: waiting for {len(missing)} chunk(s) of the other ranks")
@@ -244,65 +290,22 @@ def complete_features(run_dir: Path, store: FeatureStore, wait: bool = False,
                     f"hangs. Rerun the launch to resume (done chunks are kept), or raise --wait-timeout"
                 )
             missing = still
-    if missing:
+    peer = launch is not None and launch.concurrent and launch.rank != 0
+    if missing or peer:
         shards = launch.world if launch is not None and launch.world > 1 else store.chunk_world()
         owners = sorted({chunk % shards for chunk in missing})
         say(
-            f"features: {len(missing)} of {len(chunk_records)} chunks still to compute"
-            + (f" (shards {', '.join(map(str, owners))} of {shards})" if shards > 1 else "")
+            (f"features: {len(missing)} of {len(chunk_records)} chunks still to compute"
+             + (f" (shards {', '.join(map(str, owners))} of {shards})" if shards > 1 else "") if missing else
+             "features: every chunk is done")
             + (f"; this process ({launch.describe()}) is done" if launch is not None and launch.world > 1 else "")
-            + f"; `tive score {run_dir}` completes the store once they are done"
+            + ("; rank 0 completes the store" if peer else
+               f"; `tive score {run_dir}` completes the store once they are done")
         )
         return meta
-    try:
-        store.merge(chunk_records, request["feature_dtype"])
-    except (FileNotFoundError, TiveError):
-        if not (store.meta() or {}).get("complete"):  # not another process that merged first
-            raise
-    return sync_manifest(run_dir, store, fresh=True)
+    process = launch.describe() if launch is not None and launch.world > 1 else "one process"
+    return complete_store(run_dir, store, process, wait=launch is None or launch.concurrent or launch.world == 1,
+                          wait_timeout=wait_timeout)
 
 
-def _listed(numbers: list[int], limit: int = 12) -> str:
-    shown = ", ".join(map(str, numbers[:limit]))
-    return shown + (f" and {len(numbers) - limit} more" if len(numbers) > limit else "")
-
-
-def sync_manifest(run_dir: Path, store: FeatureStore, fresh: bool = False) -> dict[str, Any]:
-    """Write the complete store's statuses and norms into manifest.jsonl.
-
-    A record of the candidates the store skipped gets `skipped: features: <reason>`; the others `ok` with their
-    gradient norm, in manifest order (the rows of features.npy). When the store was just merged (`fresh`), or the
-    manifest did not agree with it, the values and selections made from earlier features are cleared.
-    """
-    meta = store.meta() or {}
-    rows = read_manifest(run_dir)
-    skipped = meta.get("skipped", {})
-    norms = np.load(store.dir / NORMS_FILE)
-    candidates = candidate_rows(rows)
-    kept = [row for row in candidates if str(row["index"]) not in skipped]
-    if len(kept) != len(norms):
-        raise TiveError(f"{store.dir}: {len(norms)} feature rows for {len(kept)} records; rerun `tive features "
-                        f"{run_dir} --force`")
-    if meta.get("records_sha256") != sha256_json([row["index"] for row in kept]):
-        raise TiveError(f"{store.dir}: its rows are not the records manifest.jsonl lists; rerun `tive features "
-                        f"{run_dir} --force`")
-    before = [(row["status"], row.get("grad_norm")) for row in candidates]
-    norm_of = iter(norms)
-    for row in candidates:
-        reason = skipped.get(str(row["index"]))
-        row["status"] = "ok" if reason is None else FEATURES_SKIP + reason
-        row["grad_norm"] = None if reason is not None else float(next(norm_of))
-    if fresh or before != [(row["status"], row.get("grad_norm")) for row in candidates]:
-        for row in rows:  # new features: earlier values and selections no longer describe them
-            row["value"] = None
-            row["selected"] = None
-        write_manifest(run_dir, rows)
-    n_ok = len(ok_rows(rows))
-    max_length = meta["request"].get("max_length")
-    if max_length:
-        say(f"features: --max-length {max_length}: {meta.get('truncated_records', 0)} of {len(candidates)} records "
-            "truncated")
-    say(f"features: {store.dir / 'features.npy'} ({n_ok} x {meta.get('proj_dim')}), norms.npy, meta.json"
-        + (f"; {len(skipped)} record(s) skipped (status in manifest.jsonl; first: record "
-           f"{min(skipped, key=int)}: {skipped[min(skipped, key=int)]})" if skipped else ""))
-    return meta
+_listed = listed

@@ -8,6 +8,7 @@ from typing import Any
 
 from tive.config import FeaturesOptions, PrepareOptions, SelectOptions, WarmupOptions
 from tive.errors import TiveError
+from tive.features.completion import completed_here
 from tive.launch import detect_launch
 from tive.rundir import PREPARE_FILE
 from tive.stages.common import say
@@ -31,7 +32,8 @@ def run_all(
     Under a launcher every process runs prepare (each finds it done or does the same work), the warm-up (its ranks
     train together) and its share of the features; then one process scores and selects: rank 0 of a torchrun /
     srun launch (after it completed the store), or, of independent shards, the one that found every chunk done and
-    completed the store. The others stop there and say so. Returns the per-task table (empty for those others).
+    completed the store (it held the completion's claim: two shards finishing together do not both select). The
+    others stop there and say so. Returns the per-task table (empty for those others).
     """
     launch = detect_launch(features.shard)
     if launch.concurrent and launch.rank != 0:  # rank 0 reads the input and checks the images once, for all
@@ -39,10 +41,15 @@ def run_all(
     run_prepare(data, run_dir, prepare)
     run_warmup(run_dir, warmup, shard=features.shard)
     meta = run_features(run_dir, features)
-    if (launch.concurrent and launch.rank != 0) or not meta.get("complete"):
+    # One process scores and selects: rank 0 of a launch; of independent shards, the one that completed the store.
+    scores = (launch.rank == 0) if launch.concurrent else (launch.world == 1 or completed_here(meta))
+    if not meta.get("complete") or not scores:
+        holder = (meta.get("completed_by") or {}).get("process")
         say(f"run: {launch.describe()} is done with its share of the features; "
             + ("rank 0 scores and selects" if launch.concurrent else
-               f"the last shard to finish scores and selects (or `tive score {run_dir}` then `tive select`)"))
+               f"{holder}, which completed the store, scores and selects" if holder else
+               f"the shard that completes the store scores and selects (or `tive score {run_dir}` then "
+               "`tive select`)"))
         return {}
     run_score(run_dir)
     return run_select(run_dir, select)

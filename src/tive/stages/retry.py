@@ -130,7 +130,7 @@ def _compute(run_dir: Path, options: FeaturesOptions, warm: dict[str, Any], stor
     model, processor = load_with_adapter(Path(warm["model_dir"]), run_dir / WARMUP_DIR / ADAPTER_DIR, device,
                                          options.dtype)
     job = make_extraction(model, processor, options, device, "retry")
-    job.batch_size, _ = choose_batch_size(options.grad_batch_size, job, records[:256])
+    job.batch_size, _ = choose_batch_size(options.grad_batch_size, job, records)  # probed with the longest
     # The stage's whole record: the records skipped for their content count as before, the retried ones anew.
     bad = BadRecords("features", dataset.path, options.on_bad_record, options.max_bad_fraction, n_candidates)
     bad.restore({"reasons": kept, "processed": n_candidates - len(records)})

@@ -60,8 +60,8 @@ def task_info(run_dir: Path, rows: list[dict[str, Any]], task_values: dict[str, 
 def check_features_current(run_dir: Path, rows: list[dict[str, Any]], complete: bool) -> None:
     """Refuse features that no longer describe this run (naming the stage to rerun); with `complete`, merge a store
     whose chunks are all done first. Features without a meta.json (brought by the user) pass."""
+    from tive.features.completion import complete_when_done
     from tive.model.encode import ENCODING_VERSION
-    from tive.stages.features import complete_features
 
     store = FeatureStore(run_dir / FEATURES_DIR)
     meta = store.meta()
@@ -71,7 +71,7 @@ def check_features_current(run_dir: Path, rows: list[dict[str, Any]], complete: 
         if not complete:
             raise TiveError(f"{store.dir}: the features are not complete; run `tive score {run_dir}` (or finish "
                             f"`tive features {run_dir}`) first")
-        meta = complete_features(run_dir, store)
+        meta = complete_when_done(run_dir, store, "tive score")
         if not meta.get("complete"):
             raise TiveError(f"{store.dir}: the features are not complete (see above for the chunks still to "
                             f"compute); finish `tive features {run_dir}` (every shard) first")

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import datetime
 import os
 import shutil
 import time
@@ -280,6 +281,11 @@ def check_launch(launch: Launch, batch_size: int | None) -> None:
         )
 
 
+# Seconds a rank waits in one collective operation of the warm-up (torch's default for gloo; for NCCL it is 10 min):
+# long enough for rank 0 to save a checkpoint while the others wait.
+PROCESS_GROUP_TIMEOUT = 1800
+
+
 def make_accelerator(device: str) -> Any:
     """The `accelerate.Accelerator` of this process: one process, or one rank of a torchrun / srun launch.
 
@@ -304,7 +310,11 @@ def make_accelerator(device: str) -> Any:
         AcceleratorState._reset_state(True)
         if device.startswith("cuda:"):
             torch.cuda.set_device(int(device.split(":", 1)[1]))
-    return Accelerator(cpu=device == "cpu")
+    from accelerate.utils import InitProcessGroupKwargs
+
+    # A rank left in a collective whose peer is gone ends after this long with a clear message (`train_warmup`).
+    timeout = InitProcessGroupKwargs(timeout=datetime.timedelta(seconds=PROCESS_GROUP_TIMEOUT))
+    return Accelerator(cpu=device == "cpu", kwargs_handlers=[timeout])
 
 
 def _use_reference_adapter(
@@ -387,8 +397,9 @@ def _train_reference(
         )
         warm_dir.mkdir(parents=True, exist_ok=True)
     accelerator.wait_for_everyone()
-    bad = BadRecords("warmup", data_path, options.on_bad_record, options.max_bad_fraction,
-                     max(1, len(warm_records) // world))
+    # One cap for the launch: every rank checks the counts summed over all ranks at each step (`train_warmup`).
+    bad = BadRecords("warmup", data_path, options.on_bad_record, options.max_bad_fraction, max(1, len(warm_records)),
+                     deferred=world > 1)
     started = time.perf_counter()
     losses, truncated = train_warmup(
         model,
