@@ -211,7 +211,10 @@ def test_streaming_one_matrix_at_a_time_equals_projecting_the_whole_gradient(sma
     assert norms.dtype == torch.float64 and projected.dtype == torch.float32
     np.testing.assert_allclose(norms.numpy(), full.double().norm(dim=1).numpy(), rtol=1e-6)
     reference = projector.project(full)
-    assert ((projected - reference).norm(dim=1) / reference.norm(dim=1)).max() <= 1e-6
+    # sjlt sums coordinate by coordinate in a fixed order; dense is a float32 matrix product whose accumulation
+    # order (so its rounding, ~1.3e-6 measured) follows the BLAS kernel and thread count: 1e-5 there.
+    tolerance = 1e-5 if name == "dense" else 1e-6
+    assert ((projected - reference).norm(dim=1) / reference.norm(dim=1)).max() <= tolerance
 
 
 def test_dense_is_refused_when_projecting_would_cost_more_than_twice_the_backward(small_run: Path, tmp_path: Path,
