@@ -134,6 +134,12 @@ class FeaturesOptions:
         "TRAK/LESS: for small gradients only)", choices=list(projector_names()),
     )
     proj_seed: int = opt(0, "seed of the random projection")
+    layers: str = opt(
+        "all",
+        "which LoRA matrices the gradient features use: all, or last:K (those of the last K decoder layers only: "
+        "earlier LoRA matrices get no gradient and the backward pass stops at layer L-K; cheaper, see the README's "
+        "Cheaper selection)",
+    )
     grad_mode: str = opt(
         "batched",
         "per-record gradients from one backward pass per batch (batched) or one per record (loop, the reference)",
