@@ -122,6 +122,12 @@ class WarmupOptions:
     on_bad_record: str = _on_bad_record()
     max_bad_fraction: float = _max_bad_fraction()
     force: bool = opt(False, "redo the stage even if its outputs exist with other settings", action="store_true")
+    target_model: str | None = opt(
+        None,
+        "the model the subset is for, when --model is a smaller proxy reference (a checkpoint directory, or just "
+        "its config.json): used only by `tive estimate` (one epoch of it against the selection) and the report; "
+        "recorded, never loaded for the selection",
+    )
 
 
 @dataclass
@@ -221,6 +227,9 @@ class EstimateOptions:
     devices: int = opt(1, "devices the run will use (ranks of torchrun / SLURM), each as fast as this one")
     warmup_steps: int = opt(3, "warm-up steps to time (after one more that is not counted)")
     feature_batches: int = opt(3, "feature batches to time (after one more that is not counted)")
+    token_records: int = opt(
+        256, "records sampled and encoded to measure the mean tokens per record of the FLOP accounting"
+    )
 
 
 def add_options(parser: argparse.ArgumentParser, cls: type, title: str | None = None) -> None:

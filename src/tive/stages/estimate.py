@@ -39,6 +39,9 @@ def run_estimate(run_dir: Path | str, warmup: WarmupOptions, features: FeaturesO
 
     settings = _warmup_settings(warmup)
     _check_options(features)
+    from tive.stages.warmup import check_target_model
+
+    check_target_model(warmup.target_model)
     if options.devices < 1 or options.warmup_steps < 1 or options.feature_batches < 1:
         raise TiveError("--devices, --warmup-steps and --feature-batches must be at least 1")
     run_dir = open_run_dir(run_dir)
@@ -94,6 +97,7 @@ def _estimate(run_dir: Path, warmup: WarmupOptions, features: FeaturesOptions, o
         "peak_memory_bytes": int(peak),
         "total_seconds": warm_seconds + feature_seconds,
     }
+    result["flops"] = _flop_accounting(base_dir, records, warmup, features, options, settings, n_warm, rng)
     write_json(run_dir / ESTIMATE_FILE, result)
     gb = 1 << 30
     say(
@@ -105,9 +109,73 @@ def _estimate(run_dir: Path, warmup: WarmupOptions, features: FeaturesOptions, o
         f"batch {feats['batch_size']})\n"
         f"  total:    {format_seconds(warm_seconds + feature_seconds)} (start-up and the merge not included)\n"
         f"  feature store: {store / gb:.2f} GB on disk ({2 * store / gb:.2f} GB while merging); "
-        f"peak memory seen: {peak / gb:.2f} GB ({'device' if device.startswith('cuda') else 'process'})"
+        f"peak memory seen: {peak / gb:.2f} GB ({'device' if device.startswith('cuda') else 'process'})\n"
+        + _flop_lines(result["flops"], result["total_seconds"], options.devices)
     )
     return result
+
+
+def _flop_accounting(base_dir: Path, records: list[Any], warmup: WarmupOptions, features: FeaturesOptions,
+                     options: EstimateOptions, settings: dict[str, Any], n_warm: int,
+                     rng: np.random.Generator) -> dict[str, Any]:
+    """The selection's FLOPs against one fine-tuning epoch of the target (`tive.cost`), from the configs and the
+    token counts of a sample of the run's records encoded as the stages encode them."""
+    from tive.cost import epoch_flops, measure_tokens, model_shape, selection_flops
+    from tive.model.encode import Encoder
+    from tive.model.loading import load_processor, parse_layers
+
+    if options.token_records < 1:
+        raise TiveError(f"--token-records {options.token_records}: must be at least 1")
+    reference = model_shape(base_dir)
+    target_dir = Path(warmup.target_model).expanduser() if warmup.target_model else None
+    target = model_shape(target_dir) if target_dir is not None else reference
+    sample = _sample(records, options.token_records, rng)
+    tokens = measure_tokens(Encoder(load_processor(base_dir), features.max_length), sample, len(records))
+    selection = selection_flops(
+        reference, tokens, warmup_records=n_warm, epochs=settings["epochs"], lora_rank=settings["lora_rank"],
+        lora_targets=settings["lora_targets"], last_layers=parse_layers(features.layers),
+        warmup_checkpointing=warmup.gradient_checkpointing, features_checkpointing=features.gradient_checkpointing)
+    epoch = epoch_flops(target, tokens, gradient_checkpointing=True)
+    epoch_plain = epoch_flops(target, tokens, gradient_checkpointing=False)
+    return {
+        "reference": {"model": warmup.model, **reference.describe()},
+        "target": {"model": str(target_dir) if target_dir else warmup.model, "is_reference": target_dir is None,
+                   **target.describe()},
+        "tokens": {"records": tokens.records, "sampled": tokens.sampled, "text_per_record": tokens.text_tokens,
+                   "images_per_record": tokens.images, "reference_image_tokens_per_image": tokens.image_tokens,
+                   "text_tokens_from": "the reference's tokenizer"},
+        "layers": features.layers,
+        "selection": selection,
+        "epoch": epoch,
+        "epoch_without_checkpointing": epoch_plain,
+        "selection_share_of_epoch": selection["flops"] / epoch["flops"],
+        "selection_share_of_epoch_without_checkpointing": selection["flops"] / epoch_plain["flops"],
+    }
+
+
+def _flop_lines(flops: dict[str, Any], seconds: float, devices: int) -> str:
+    from tive.cost import format_flops
+
+    ref, target, tokens = flops["reference"], flops["target"], flops["tokens"]
+    selection, epoch = flops["selection"], flops["epoch"]
+    name = "the reference itself (no --target-model)" if target["is_reference"] else target["model"]
+    backward = ("every layer" if flops["layers"] == "all" else
+                f"the output head and the last {selection['backward_layers']} of {ref['layers']} layers")
+    return (
+        f"  FLOPs (forward 2, backward 4 x parameters x tokens; vision tower forward included; tokens a record: "
+        f"{tokens['text_per_record']:.0f} text (the reference's tokenizer) + {tokens['images_per_record']:.2f} "
+        f"images, mean of {tokens['sampled']} sampled records):\n"
+        f"    one epoch of {name}: {format_flops(epoch['flops'])} (full fine-tuning as LLaVA's finetune.sh, 8 x "
+        f"{target['total_params'] / 1e9:.3g}B parameters x {epoch['tokens_per_record']:.0f} tokens x "
+        f"{tokens['records']:,} records, {epoch['image_tokens_per_image']:.0f} tokens an image)\n"
+        f"    selection with {ref['model']} ({ref['total_params'] / 1e9:.3g}B): warm-up "
+        f"{format_flops(selection['warmup_flops'])} + features {format_flops(selection['features_flops'])} "
+        f"(backward through {backward}) = {format_flops(selection['flops'])}\n"
+        f"    selection ~ {100 * flops['selection_share_of_epoch']:.1f}% of one epoch "
+        f"({100 * flops['selection_share_of_epoch_without_checkpointing']:.1f}% of one without gradient "
+        f"checkpointing); measured here: {format_seconds(seconds)} on {devices} device(s); the target's epoch is "
+        "not timed"
+    )
 
 
 def _sample(records: list[Any], n: int, rng: np.random.Generator) -> list[Any]:

@@ -155,9 +155,31 @@ def run_warmup(run_dir: Path | str, options: WarmupOptions, shard: str | None = 
     jobs), and more ranks than `--batch-size`, are refused (`check_launch`); a finished warm-up is skipped by all.
     """
     settings = _warmup_settings(options)
+    check_target_model(options.target_model)
     run_dir = open_run_dir(run_dir)
     with stage_log(run_dir):
         return _warmup(run_dir, options, settings, shard)
+
+
+def check_target_model(target_model: str | None) -> None:
+    """`--target-model` (the model the subset is for) must name a checkpoint directory, or one with its config.json."""
+    if target_model and not (Path(target_model).expanduser() / "config.json").is_file():
+        raise TiveError(f"--target-model {target_model}: no config.json there; pass the target's checkpoint directory "
+                        "(only its config.json is read, to price one epoch of it in `tive estimate`)")
+
+
+def _record_target_model(run_dir: Path, options: WarmupOptions) -> None:
+    """A finished warm-up is reused whatever `--target-model` says (it does not change the reference); the run's
+    config.yaml still records the target given now, for the report and the estimate."""
+    import yaml
+
+    from tive.config import CONFIG_FILE
+
+    path = run_dir / CONFIG_FILE
+    recorded = ((yaml.safe_load(path.read_text(encoding="utf-8")) or {}).get("warmup") or {}) if path.is_file() else {}
+    if options.target_model and recorded.get("target_model") != options.target_model \
+            and detect_launch(None).rank == 0:
+        write_run_config(run_dir, warmup=options)
 
 
 def _warmup(run_dir: Path, options: WarmupOptions, settings: dict[str, Any], shard: str | None) -> dict[str, Any]:
@@ -173,6 +195,7 @@ def _warmup(run_dir: Path, options: WarmupOptions, settings: dict[str, Any], sha
         old = read_json(marker)
         if old["settings"] == settings and old["records_sha256"] == records_sha:
             say(f"warmup: already done with these settings ({marker}); nothing to do")
+            _record_target_model(run_dir, options)
             return old
         if not options.force:
             differing = sorted(k for k in settings.keys() | old["settings"].keys()
