@@ -81,6 +81,13 @@ def test_estimate_prices_the_selection_against_one_epoch_of_the_target(small_dat
     assert flops["selection_share_of_epoch"] == pytest.approx(share)
     assert share < 0.001  # a tiny reference for a 7B target
     assert f"selection ~ {100 * share:.1f}% of one epoch" in printed and "llava-1.5-7b" in printed
+    assert flops["epoch"]["measured"] is None and "not timed (no weights here" in printed
+    # A target whose weights are here is also timed: full fine-tuning steps, scaled to every record.
+    assert main([*args, "--target-model", str(run / "base_model"), "--devices", "2"]) == 0
+    measured = json.loads((run / "estimate.json").read_text())["flops"]["epoch"]["measured"]
+    assert measured["seconds_per_record"] > 0
+    assert measured["seconds"] == pytest.approx(140 * measured["seconds_per_record"] / 2)
+    assert "one epoch of the target measured the same way" in capsys.readouterr().out
 
 
 def test_target_model_is_recorded_and_reported(small_run: Path, tmp_path: Path):

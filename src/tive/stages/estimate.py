@@ -137,6 +137,8 @@ def _flop_accounting(base_dir: Path, records: list[Any], warmup: WarmupOptions, 
         warmup_checkpointing=warmup.gradient_checkpointing, features_checkpointing=features.gradient_checkpointing)
     epoch = epoch_flops(target, tokens, gradient_checkpointing=True)
     epoch_plain = epoch_flops(target, tokens, gradient_checkpointing=False)
+    if target_dir is not None:
+        epoch["measured"] = _time_target_epoch(target_dir, records, features, options, rng)
     return {
         "reference": {"model": warmup.model, **reference.describe()},
         "target": {"model": str(target_dir) if target_dir else warmup.model, "is_reference": target_dir is None,
@@ -151,6 +153,59 @@ def _flop_accounting(base_dir: Path, records: list[Any], warmup: WarmupOptions, 
         "selection_share_of_epoch": selection["flops"] / epoch["flops"],
         "selection_share_of_epoch_without_checkpointing": selection["flops"] / epoch_plain["flops"],
     }
+
+
+def _time_target_epoch(target_dir: Path, records: list[Any], features: FeaturesOptions, options: EstimateOptions,
+                       rng: np.random.Generator) -> dict[str, Any] | None:
+    """One fine-tuning epoch of the target on this machine, where its weights are here and it fits: a few full
+    fine-tuning steps timed as `finetune.sh` runs them (language model and projector trained with AdamW, vision
+    tower frozen, gradient checkpointing), scaled to every record on `options.devices` devices. None with a
+    config-only target; the reason when it does not fit."""
+    import torch
+
+    from tive.cost import _VISION_NAMES
+    from tive.features.grads import _forward_losses
+    from tive.model.data import encode_batch
+    from tive.model.encode import Encoder
+    from tive.model.loading import enable_gradient_checkpointing, load_base, resolve_device
+
+    if not any(target_dir.glob("*.safetensors")) and not any(target_dir.glob("*.bin")):
+        return None
+    device = resolve_device(features.device)
+    batch = features.grad_batch_size or 4
+    try:
+        model, processor = load_base(target_dir, device, features.dtype)
+        for name, param in model.named_parameters():
+            param.requires_grad_(not any(part in _VISION_NAMES for part in name.split(".")))
+        if getattr(model, "supports_gradient_checkpointing", False):
+            enable_gradient_checkpointing(model)
+        model.train()
+        optimiser = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=1e-5)
+        encoder = Encoder(processor, features.max_length)
+        sample = _sample(records, batch * (options.feature_batches + 1), rng)
+        seconds, timed = 0.0, 0
+        for step in range(0, len(sample), batch):
+            encoded = encode_batch(encoder, sample[step : step + batch])
+            if encoded.inputs is None:
+                continue
+            inputs = {key: value.to(device) for key, value in encoded.inputs.items()}
+            started = time.perf_counter()
+            _forward_losses(model, inputs).mean().backward()
+            optimiser.step()
+            optimiser.zero_grad(set_to_none=True)
+            if device.startswith("cuda"):
+                torch.cuda.synchronize()
+            if step:  # the first step warms up
+                seconds, timed = seconds + time.perf_counter() - started, timed + len(encoded.members)
+    except torch.OutOfMemoryError:
+        return {"error": f"the target does not fit on {device} for full fine-tuning with batch {batch}"}
+    finally:
+        model = optimiser = None
+    if not timed:
+        return None
+    per_record = seconds / timed
+    return {"seconds_per_record": per_record, "seconds": per_record * len(records) / options.devices,
+            "device": device, "batch": batch}
 
 
 def _flop_lines(flops: dict[str, Any], seconds: float, devices: int) -> str:
@@ -173,9 +228,18 @@ def _flop_lines(flops: dict[str, Any], seconds: float, devices: int) -> str:
         f"(backward through {backward}) = {format_flops(selection['flops'])}\n"
         f"    selection ~ {100 * flops['selection_share_of_epoch']:.1f}% of one epoch "
         f"({100 * flops['selection_share_of_epoch_without_checkpointing']:.1f}% of one without gradient "
-        f"checkpointing); measured here: {format_seconds(seconds)} on {devices} device(s); the target's epoch is "
-        "not timed"
+        f"checkpointing); measured here: {format_seconds(seconds)} on {devices} device(s); "
+        + _measured_epoch(epoch.get("measured"))
     )
+
+
+def _measured_epoch(measured: dict[str, Any] | None) -> str:
+    if measured is None:
+        return "the target's epoch is not timed (no weights here: its config alone prices it)"
+    if "error" in measured:
+        return f"the target's epoch is not timed: {measured['error']}"
+    return (f"one epoch of the target measured the same way: {format_seconds(measured['seconds'])} "
+            f"({measured['seconds_per_record']:.3g} s a record, batch {measured['batch']}, {measured['device']})")
 
 
 def _sample(records: list[Any], n: int, rng: np.random.Generator) -> list[Any]:
