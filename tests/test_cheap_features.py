@@ -116,3 +116,16 @@ def test_layers_is_part_of_the_request_and_old_features_are_not_reused(small_run
     assert main(["features", str(run), "--layers", "last:1", "--proj-dim", str(SMALL_PROJ_DIM),
                  "--chunk-size", "32"]) == 2
     assert main(["features", str(run), "--layers", "last:9"]) == 2
+
+
+def test_layers_and_target_model_reach_tive_run_and_the_config(tmp_path: Path):
+    from tive.cli import _parse
+    from tive.config import WarmupOptions, options_from_args
+
+    config = tmp_path / "config.yaml"
+    config.write_text("features: {layers: 'last:2'}\nwarmup: {model: tiny, target_model: /models/llava-1.5-7b-hf}\n")
+    args = _parse(["run", "data.json", "--out", str(tmp_path / "run"), "--config", str(config)])
+    assert options_from_args(FeaturesOptions, args).layers == "last:2"
+    assert options_from_args(WarmupOptions, args).target_model == "/models/llava-1.5-7b-hf"
+    args = _parse(["run", "data.json", "--out", str(tmp_path / "run"), "--config", str(config), "--layers", "last:1"])
+    assert options_from_args(FeaturesOptions, args).layers == "last:1"  # the command line wins

@@ -229,11 +229,13 @@ def _flop_lines(flops: dict[str, Any], seconds: float, devices: int) -> str:
         f"    selection ~ {100 * flops['selection_share_of_epoch']:.1f}% of one epoch "
         f"({100 * flops['selection_share_of_epoch_without_checkpointing']:.1f}% of one without gradient "
         f"checkpointing); measured here: {format_seconds(seconds)} on {devices} device(s); "
-        + _measured_epoch(epoch.get("measured"))
+        + _measured_epoch(epoch.get("measured"), target["is_reference"])
     )
 
 
-def _measured_epoch(measured: dict[str, Any] | None) -> str:
+def _measured_epoch(measured: dict[str, Any] | None, is_reference: bool) -> str:
+    if is_reference:
+        return "an epoch is timed only for a --target-model"
     if measured is None:
         return "the target's epoch is not timed (no weights here: its config alone prices it)"
     if "error" in measured:
