@@ -11,8 +11,10 @@ all-layer features, at the default selection (budget 15%, `sample`, temperature 
 
 - Spearman of instance values within each task (the smallest and the mean over tasks);
 - the largest change of a task's share of the subset (percentage points);
-- the overlap of the chosen records (share of the subset chosen by both), beside the overlap of two selections
-  from the *same* all-layer features with select seeds 0 and 1 (what sampling alone changes).
+- the overlap of the chosen records (share of the subset chosen by both) with `--choose top` (it depends on the
+  values alone), beside what two random choices with the same task budgets share by chance. The default `sample`
+  is reported too, with the same seed, but its random numbers are shared, so similar values pick alike: two
+  selections from the *same* features with select seeds 0 and 1 show how much sampling alone moves.
 
 On the `small` preset the weights are random, so agreement there says little about real models: the bench's
 pre-trained base (`--bench-base`) is where it means something (a 2-layer model: last:1 is its only cheaper K, and
@@ -50,14 +52,14 @@ def read_features(run: Path) -> dict[str, Any]:
             "grad_dim": meta["grad_dim"], "compute_seconds": sum(c.get("seconds", 0) for c in meta["chunks"])}
 
 
-def _select(tasks: list[str], norms: np.ndarray, features: np.ndarray, budget: float, seed: int
-            ) -> tuple[np.ndarray, dict[str, int], np.ndarray]:
+def _select(tasks: list[str], norms: np.ndarray, features: np.ndarray, budget: float, seed: int,
+            method: str = "sample") -> tuple[np.ndarray, dict[str, int], np.ndarray]:
     from tive.scoring import instance_values, task_values
     from tive.select import budget_count, select_records
 
     values = instance_values(features, tasks)
     counts, budgets = select_records(tasks, values, task_values(tasks, norms), budget_count(budget, len(tasks)),
-                                     seed=seed)
+                                     seed=seed, method=method)
     return counts, budgets, values
 
 
@@ -70,7 +72,11 @@ def agreement(full: dict[str, Any], other: dict[str, Any], budget: float = 0.15)
     chosen_f, budgets_f, values_f = _select(tasks, full["norms"][pick_f], full["features"][pick_f], budget, 0)
     chosen_o, budgets_o, values_o = _select(tasks, other["norms"][pick_o], other["features"][pick_o], budget, 0)
     reseeded, _, _ = _select(tasks, full["norms"][pick_f], full["features"][pick_f], budget, 1)
+    top_f, _, _ = _select(tasks, full["norms"][pick_f], full["features"][pick_f], budget, 0, "top")
+    top_o, _, _ = _select(tasks, other["norms"][pick_o], other["features"][pick_o], budget, 0, "top")
     total = int(chosen_f.sum())
+    sizes = {task: tasks.count(task) for task in budgets_f}
+    chance = sum(budgets_f[t] * budgets_o.get(t, 0) / sizes[t] for t in budgets_f) / total
     per_task = {}
     for task in sorted(set(tasks)):
         members = np.array([i for i, t in enumerate(tasks) if t == task])
@@ -83,7 +89,12 @@ def agreement(full: dict[str, Any], other: dict[str, Any], budget: float = 0.15)
         "spearman_per_task": per_task,
         "largest_task_share_change_points": 100 * max(abs(budgets_f[t] - budgets_o.get(t, 0)) for t in budgets_f)
         / total,
-        "overlap_of_chosen": float(np.minimum(chosen_f, chosen_o).sum() / total),
+        # `top` (the highest values of each task's budget): depends on the values alone.
+        "overlap_of_chosen_top": float(np.minimum(top_f, top_o).sum() / total),
+        # what two random choices with these task budgets share on average
+        "overlap_by_chance": float(chance),
+        # the default `sample` with the same seed: its random numbers are shared, so similar values pick alike
+        "overlap_of_chosen_sample_same_seed": float(np.minimum(chosen_f, chosen_o).sum() / total),
         "overlap_same_features_other_seed": float(np.minimum(chosen_f, reseeded).sum() / total),
     }
 
@@ -205,6 +216,8 @@ def main() -> None:
             run_features(runs[which], options)
             times[name].append(time.perf_counter() - started)
             arrays[name] = read_features(runs[which])
+            np.savez(args.out / f"features_{name.replace(' ', '_').replace(':', '')}.npz",
+                     **{k: np.asarray(v) for k, v in arrays[name].items()})
             computed[name].append(arrays[name]["compute_seconds"])
     full_time = statistics.median(times["all"])
     results = {}
@@ -224,15 +237,17 @@ def main() -> None:
           + ", ".join(f"{k} {v:.1f} s" for k, v in warmup_seconds.items()))
     print("| setting | LoRA numbers | features wall (median of "
           f"{args.repeats}) | x all | Spearman within tasks (min / mean) | largest task-share change | "
-          "overlap of chosen (same features, other seed) |")
-    print("|---|---|---|---|---|---|---|")
+          "overlap of chosen, top (by chance) | overlap, sample, same seed |")
+    print("|---|---|---|---|---|---|---|---|")
     for name, r in results.items():
         agree = ("" if name == "all" else
                  f"{r['spearman_within_task_min']:.3f} / {r['spearman_within_task_mean']:.3f} | "
-                 f"{r['largest_task_share_change_points']:.1f} pts | {100 * r['overlap_of_chosen']:.0f}% "
-                 f"({100 * r['overlap_same_features_other_seed']:.0f}%)")
+                 f"{r['largest_task_share_change_points']:.1f} pts | {100 * r['overlap_of_chosen_top']:.0f}% "
+                 f"({100 * r['overlap_by_chance']:.0f}%) | {100 * r['overlap_of_chosen_sample_same_seed']:.0f}%")
         print(f"| {name} | {r['grad_dim']:,} | {r['median_wall_seconds']:.1f} s | {r['ratio_to_all']:.2f} | "
-              + (agree or "reference | | ") + " |")
+              + (agree or "(reference) | | | ") + " |")
+    print(f"(two default selections from the same all-layer features with select seeds 0 and 1 share "
+          f"{100 * next(iter(r for n, r in results.items() if n != 'all'))['overlap_same_features_other_seed']:.0f}%)")
 
 
 if __name__ == "__main__":
