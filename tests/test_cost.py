@@ -101,3 +101,20 @@ def test_target_model_is_recorded_and_reported(small_run: Path, tmp_path: Path):
     assert main(["report", str(run)]) == 0
     html = (run / "report.html").read_text()
     assert "subset is for" in html and "llava-1.5-7b" in html
+
+
+@pytest.mark.parametrize("text_tokens", [100.0, 300.0, 1000.0])
+def test_the_documented_cheap_configuration_is_under_a_tenth_of_an_epoch_of_llava_7b(text_tokens: float):
+    """README, Cheaper selection: a ~1B LLaVA-layout reference with --layers last:1, the authors' warm-up, against
+    one epoch of LLaVA-1.5-7B on 665K records; selecting with the 7B model itself costs over half an epoch."""
+    target = model_shape(SHAPES / "llava-1.5-7b")
+    proxy = model_shape(SHAPES / "llava-tinyllama-1.1b")
+    tokens = Tokens(records=665_298, sampled=0, text_tokens=text_tokens, images=0.94, image_tokens=576.0)
+
+    def share(reference, layers, checkpointing):
+        cost = selection_flops(reference, tokens, warmup_records=0.08 * 665_298, epochs=1, lora_rank=128,
+                               lora_targets=QKVO, last_layers=layers)["flops"]
+        return cost / epoch_flops(target, tokens, gradient_checkpointing=checkpointing)["flops"]
+
+    assert share(proxy, 1, True) <= share(proxy, 1, False) <= 0.10
+    assert share(target, None, True) > 0.5 and share(target, None, False) > 0.7
