@@ -231,8 +231,11 @@ def selection_flops(reference: ModelShape, tokens: Tokens, *, warmup_records: fl
 
 
 def format_flops(value: float) -> str:
-    return f"{value:.3g} FLOPs" if value < 1e12 else f"{value / 1e18:.3g} EFLOPs" if value >= 1e18 else \
-        f"{value / 1e15:.3g} PFLOPs"
+    """FLOPs with a decimal prefix: 5.32e+11 FLOPs, 8.59 PFLOPs, 24.4 EFLOPs."""
+    for prefix, scale in (("E", 1e18), ("P", 1e15), ("T", 1e12)):
+        if value >= scale:
+            return f"{value / scale:.3g} {prefix}FLOPs"
+    return f"{value:.3g} FLOPs"
 
 
 def write_shape_config(path: Path, config: dict[str, Any]) -> Path:

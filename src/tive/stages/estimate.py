@@ -216,21 +216,29 @@ def _flop_lines(flops: dict[str, Any], seconds: float, devices: int) -> str:
     name = "the reference itself (no --target-model)" if target["is_reference"] else target["model"]
     backward = ("every layer" if flops["layers"] == "all" else
                 f"the output head and the last {selection['backward_layers']} of {ref['layers']} layers")
+    trained = target["layer_params"] + target["head_params"]
     return (
-        f"  FLOPs (forward 2, backward 4 x parameters x tokens; vision tower forward included; tokens a record: "
-        f"{tokens['text_per_record']:.0f} text (the reference's tokenizer) + {tokens['images_per_record']:.2f} "
-        f"images, mean of {tokens['sampled']} sampled records):\n"
-        f"    one epoch of {name}: {format_flops(epoch['flops'])} (full fine-tuning as LLaVA's finetune.sh, 8 x "
-        f"{target['total_params'] / 1e9:.3g}B parameters x {epoch['tokens_per_record']:.0f} tokens x "
-        f"{tokens['records']:,} records, {epoch['image_tokens_per_image']:.0f} tokens an image)\n"
+        f"  FLOPs (a forward pass: 2 x parameters x tokens; a backward: 2 more through each layer it covers and 2 more "
+        f"for trained weights; the frozen vision tower's forward included); a record: "
+        f"{tokens['text_per_record']:.0f} text tokens (the reference's tokenizer) + {tokens['images_per_record']:.2f} "
+        f"images, mean of {tokens['sampled']} sampled records:\n"
+        f"    one epoch of {name}: {format_flops(epoch['flops'])} (full fine-tuning as LLaVA's finetune.sh: 8 x "
+        f"{trained / 1e9:.3g}B language-model parameters x {epoch['tokens_per_record']:.0f} tokens x "
+        f"{tokens['records']:,} records, {epoch['image_tokens_per_image']:.0f} tokens an image; "
+        f"{target['total_params'] / 1e9:.3g}B parameters in all)\n"
         f"    selection with {ref['model']} ({ref['total_params'] / 1e9:.3g}B): warm-up "
         f"{format_flops(selection['warmup_flops'])} + features {format_flops(selection['features_flops'])} "
         f"(backward through {backward}) = {format_flops(selection['flops'])}\n"
-        f"    selection ~ {100 * flops['selection_share_of_epoch']:.1f}% of one epoch "
-        f"({100 * flops['selection_share_of_epoch_without_checkpointing']:.1f}% of one without gradient "
+        f"    selection ~ {_percent(flops['selection_share_of_epoch'])} of one epoch "
+        f"({_percent(flops['selection_share_of_epoch_without_checkpointing'])} of one without gradient "
         f"checkpointing); measured here: {format_seconds(seconds)} on {devices} device(s); "
         + _measured_epoch(epoch.get("measured"), target["is_reference"])
     )
+
+
+def _percent(share: float) -> str:
+    """A share as a percentage: one decimal from 1%, two significant digits below (a tiny reference's 0.0062%)."""
+    return f"{100 * share:.1f}%" if share >= 0.01 else f"{100 * share:.2g}%"
 
 
 def _measured_epoch(measured: dict[str, Any] | None, is_reference: bool) -> str:
