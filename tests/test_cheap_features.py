@@ -129,3 +129,22 @@ def test_layers_and_target_model_reach_tive_run_and_the_config(tmp_path: Path):
     assert options_from_args(WarmupOptions, args).target_model == "/models/llava-1.5-7b-hf"
     args = _parse(["run", "data.json", "--out", str(tmp_path / "run"), "--config", str(config), "--layers", "last:1"])
     assert options_from_args(FeaturesOptions, args).layers == "last:1"  # the command line wins
+
+
+def test_last_k_batched_gradients_equal_the_loop_under_gradient_checkpointing(small_run: Path):
+    """With checkpointing the backward recomputes only the layers it covers; the hooks still give exact gradients."""
+    from tive.features.grads import BatchedGradients
+    from tive.model.loading import checkpoint_in_eval, enable_gradient_checkpointing
+
+    model, processor = load_with_adapter(small_run / "base_model", small_run / "warmup" / "adapter", "cpu")
+    enable_gradient_checkpointing(model)
+    checkpoint_in_eval(model)
+    named = lora_gradients_only(model, last_layers=1)
+    dataset, _ = load_prepared(small_run)
+    encoded = [encode_record(processor, record) for record in dataset.records[:5]]
+    batched = BatchedGradients(model, named)(collate(encoded, processor.tokenizer.pad_token_id))
+    params = [p for _, p in named]
+    loop = torch.stack([record_gradient(model, params, collate([e], processor.tokenizer.pad_token_id))
+                        for e in encoded])
+    assert batched.shape == loop.shape == (5, sum(p.numel() for p in params))
+    assert ((batched - loop).norm(dim=1) / loop.norm(dim=1)).max() <= 1e-5
