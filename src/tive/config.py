@@ -78,6 +78,12 @@ class WarmupOptions:
         "reachable), or tiny / small: built-in random-weight models for trying the pipeline, meaningless on real data",
     )
     warmup_fraction: float = opt(0.08, "share of the ok records used for the warm-up, split equally across tasks")
+    target_model: str | None = opt(
+        None,
+        "the model the subset is for, when --model is a smaller proxy reference (a checkpoint directory, or just "
+        "its config.json): used only by `tive estimate` (one epoch of it against the selection) and the report; "
+        "recorded, never loaded for the selection",
+    )
     lora_rank: int | None = opt(None, "LoRA rank (default: 128 for a checkpoint as the authors; 8 for tiny)")
     lora_alpha: float | None = opt(None, "LoRA alpha (default: 2 x rank)")
     lora_targets: str = opt(
@@ -122,12 +128,6 @@ class WarmupOptions:
     on_bad_record: str = _on_bad_record()
     max_bad_fraction: float = _max_bad_fraction()
     force: bool = opt(False, "redo the stage even if its outputs exist with other settings", action="store_true")
-    target_model: str | None = opt(
-        None,
-        "the model the subset is for, when --model is a smaller proxy reference (a checkpoint directory, or just "
-        "its config.json): used only by `tive estimate` (one epoch of it against the selection) and the report; "
-        "recorded, never loaded for the selection",
-    )
 
 
 @dataclass
@@ -140,16 +140,16 @@ class FeaturesOptions:
         "TRAK/LESS: for small gradients only)", choices=list(projector_names()),
     )
     proj_seed: int = opt(0, "seed of the random projection")
+    grad_mode: str = opt(
+        "batched",
+        "per-record gradients from one backward pass per batch (batched) or one per record (loop, the reference)",
+        choices=["batched", "loop"],
+    )
     layers: str = opt(
         "all",
         "which LoRA matrices the gradient features use: all, or last:K (those of the last K decoder layers only: "
         "earlier LoRA matrices get no gradient and the backward pass stops at layer L-K; cheaper, see the README's "
         "Cheaper selection)",
-    )
-    grad_mode: str = opt(
-        "batched",
-        "per-record gradients from one backward pass per batch (batched) or one per record (loop, the reference)",
-        choices=["batched", "loop"],
     )
     grad_batch_size: int | None = opt(
         None,

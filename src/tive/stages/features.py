@@ -60,6 +60,13 @@ def read_warmup(run_dir: Path) -> dict[str, Any]:
     return warm
 
 
+def _last_layers(options: FeaturesOptions) -> int | None:
+    """K of `--layers last:K`, or None for every LoRA matrix."""
+    from tive.model.loading import parse_layers
+
+    return parse_layers(options.layers)
+
+
 def feature_request(run_dir: Path, warm: dict[str, Any], options: FeaturesOptions,
                     candidates: list[dict[str, Any]]) -> dict[str, Any]:
     """Everything that decides the features and is known before the model is loaded (the store's provenance)."""
@@ -89,13 +96,6 @@ def feature_request(run_dir: Path, warm: dict[str, Any], options: FeaturesOption
         # `--layers last:K` only: absent means every LoRA matrix, so stores made before the option still match.
         **({"layers": f"last:{last}"} if (last := _last_layers(options)) is not None else {}),
     }
-
-
-def _last_layers(options: FeaturesOptions) -> int | None:
-    """K of `--layers last:K`, or None for every LoRA matrix."""
-    from tive.model.loading import parse_layers
-
-    return parse_layers(options.layers)
 
 
 def _check_options(options: FeaturesOptions) -> None:

@@ -158,7 +158,9 @@ def run_warmup(run_dir: Path | str, options: WarmupOptions, shard: str | None = 
     check_target_model(options.target_model)
     run_dir = open_run_dir(run_dir)
     with stage_log(run_dir):
-        return _warmup(run_dir, options, settings, shard)
+        result = _warmup(run_dir, options, settings, shard)
+    _record_target_model(run_dir, options)
+    return result
 
 
 def check_target_model(target_model: str | None) -> None:
@@ -169,8 +171,8 @@ def check_target_model(target_model: str | None) -> None:
 
 
 def _record_target_model(run_dir: Path, options: WarmupOptions) -> None:
-    """A finished warm-up is reused whatever `--target-model` says (it does not change the reference); the run's
-    config.yaml still records the target given now, for the report and the estimate."""
+    """Record the `--target-model` given now in the run's config.yaml (for the report and the estimate), also when
+    a finished warm-up was reused (the target does not change the reference, so it never decides that)."""
     import yaml
 
     from tive.config import CONFIG_FILE
@@ -195,7 +197,6 @@ def _warmup(run_dir: Path, options: WarmupOptions, settings: dict[str, Any], sha
         old = read_json(marker)
         if old["settings"] == settings and old["records_sha256"] == records_sha:
             say(f"warmup: already done with these settings ({marker}); nothing to do")
-            _record_target_model(run_dir, options)
             return old
         if not options.force:
             differing = sorted(k for k in settings.keys() | old["settings"].keys()
