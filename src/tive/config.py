@@ -90,6 +90,13 @@ class WarmupOptions:
         path=True,
     )
     warmup_fraction: float = opt(0.08, "share of the ok records used for the warm-up, split equally across tasks")
+    target_model: str | None = opt(
+        None,
+        "the model the subset is for, when --model is a smaller proxy reference (a checkpoint directory, or just "
+        "its config.json): used only by `tive estimate` (one epoch of it against the selection) and the report; "
+        "recorded, never loaded for the selection",
+        path=True,
+    )
     lora_rank: int | None = opt(None, "LoRA rank (default: 128 for a checkpoint as the authors; 8 for tiny)")
     lora_alpha: float | None = opt(None, "LoRA alpha (default: 2 x rank)")
     lora_targets: str = opt(
@@ -155,6 +162,12 @@ class FeaturesOptions:
         "batched",
         "per-record gradients from one backward pass per batch (batched) or one per record (loop, the reference)",
         choices=["batched", "loop"],
+    )
+    layers: str = opt(
+        "all",
+        "which LoRA matrices the gradient features use: all, or last:K (those of the last K decoder layers only: "
+        "earlier LoRA matrices get no gradient and the backward pass stops at layer L-K; cheaper, see the README's "
+        "Cheaper selection)",
     )
     grad_batch_size: int | None = opt(
         None,
@@ -238,6 +251,9 @@ class EstimateOptions:
     devices: int = opt(1, "devices the run will use (ranks of torchrun / SLURM), each as fast as this one")
     warmup_steps: int = opt(3, "warm-up steps to time (after one more that is not counted)")
     feature_batches: int = opt(3, "feature batches to time (after one more that is not counted)")
+    token_records: int = opt(
+        256, "records sampled and encoded to measure the mean tokens per record of the FLOP accounting"
+    )
 
 
 def add_options(parser: argparse.ArgumentParser, cls: type, title: str | None = None) -> None:

@@ -65,12 +65,14 @@ def make_extraction(model: Any, processor: Any, options: Any, device: str, compu
     if options.gradient_checkpointing:
         enable_gradient_checkpointing(model)
         checkpoint_in_eval(model)
-    named_params = lora_gradients_only(model)
+    from tive.model.loading import parse_layers
+
+    named_params = lora_gradients_only(model, parse_layers(getattr(options, "layers", "all")))
     grad_dim = sum(p.numel() for _, p in named_params)
     projector = make_projector(options.projector, grad_dim, options.proj_dim, options.proj_seed, device)
     encoder = Encoder(processor, options.max_length)
     described = {"grad_dim": grad_dim, "proj_dim": projector.proj_dim, "projector_description": projector.describe(),
-                 "encoding": encoder.describe(), "world": world}
+                 "encoding": encoder.describe(), "world": world, "lora_matrices": len(named_params)}
     return Extraction(model, named_params, encoder, projector, options.grad_mode, 1, device, options.feature_dtype,
                       computed_by, described)
 

@@ -363,17 +363,62 @@ def lora_parameters(model: Any) -> list[tuple[str, Any]]:
     return params
 
 
-def lora_gradients_only(model: Any) -> list[tuple[str, Any]]:
+def lora_gradients_only(model: Any, last_layers: int | None = None) -> list[tuple[str, Any]]:
     """Freeze every parameter except the LoRA matrices; returns them as `lora_parameters` does.
 
-    Gradient features are taken with respect to the LoRA matrices only, so nothing else needs a gradient.
+    Gradient features are taken with respect to the LoRA matrices only, so nothing else needs a gradient. With
+    `last_layers` = K (`--layers last:K`), only the LoRA matrices of the language model's last K decoder layers
+    require a gradient and are returned: nothing before those layers needs one, so autograd's backward pass stops
+    at the first of them (the cheap features of `tive features --layers`).
     """
     for param in model.parameters():
         param.requires_grad_(False)
     named = lora_parameters(model)
+    if last_layers is not None:
+        named = lora_in_last_layers(model, named, last_layers)
     for _, param in named:
         param.requires_grad_(True)
     return named
+
+
+def parse_layers(spec: str) -> int | None:
+    """`--layers`: "all" → None (every LoRA matrix); "last:K" → K (the last K decoder layers' LoRA matrices)."""
+    text = str(spec).strip().lower()
+    if text == "all":
+        return None
+    head, _, count = text.partition(":")
+    if head == "last" and count.isdigit() and int(count) >= 1:
+        return int(count)
+    raise TiveError(f"--layers {spec}: write all, or last:K with K a whole number of decoder layers (e.g. last:1)")
+
+
+def decoder_layer_names(model: Any) -> list[str]:
+    """The module names of the language model's decoder layers, in order (`<language model>.layers.<i>`)."""
+    prefix = language_model_prefix(model)
+    pattern = re.compile(rf"{re.escape(prefix)}\.layers\.(\d+)")
+    found = {int(m.group(1)): name for name, _ in model.named_modules() if (m := pattern.fullmatch(name))}
+    if not found:
+        raise TiveError(f"{type(model).__name__}: its language model ({prefix}) has no `layers`; --layers last:K "
+                        "needs a decoder stack; use --layers all")
+    return [found[i] for i in sorted(found)]
+
+
+def lora_in_last_layers(model: Any, named: list[tuple[str, Any]], k: int) -> list[tuple[str, Any]]:
+    """The LoRA matrices of `named` that sit in the language model's last `k` decoder layers, in the same order.
+
+    Raises:
+        TiveError: `k` exceeds the number of decoder layers, or those layers hold no LoRA matrix.
+    """
+    layers = decoder_layer_names(model)
+    if not 1 <= k <= len(layers):
+        raise TiveError(f"--layers last:{k}: the model's language model has {len(layers)} decoder layers; choose K "
+                        f"from 1 to {len(layers)}, or --layers all")
+    kept_layers = tuple(name + "." for name in layers[-k:])
+    kept = [(name, p) for name, p in named if name.startswith(kept_layers)]
+    if not kept:
+        raise TiveError(f"--layers last:{k}: the adapter has no LoRA matrix in the last {k} decoder layers "
+                        f"({layers[-k]} onwards); use more layers or --layers all")
+    return kept
 
 
 def adapter_settings_json(adapter_dir: Path) -> dict[str, Any]:

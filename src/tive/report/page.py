@@ -350,7 +350,10 @@ class _Page:
         warm = self.warmup or {}
         settings = warm.get("settings", {})
         groups.append(("Reference model (warm-up)", [
-            ("model", settings.get("model")), ("model fingerprint", warm.get("model_fingerprint")),
+            ("model", settings.get("model")),
+            ("subset is for", ((self.config or {}).get("warmup") or {}).get("target_model")
+             and f"{self.config['warmup']['target_model']} (--target-model; the reference above is its proxy)"),
+            ("model fingerprint", warm.get("model_fingerprint")),
             ("adapter SHA-256", warm.get("adapter_sha256")),
             ("LoRA", settings and f"rank {settings.get('lora_rank')}, alpha {settings.get('lora_alpha')}, on "
                                   f"{', '.join(settings.get('lora_targets') or [])} in {warm.get('lora_scope')}"),
@@ -367,6 +370,8 @@ class _Page:
             ("projection", projector and ", ".join(f"{k} {v}" for k, v in projector.items())),
             ("gradient", meta and f"{meta.get('grad_dim'):,} LoRA numbers per record -> {meta.get('proj_dim')} dims, "
                                   f"{request.get('grad_mode')} gradients, loss: {request.get('loss')}"),
+            ("layers", meta and (f"LoRA matrices of the last {request['layers'].split(':')[1]} decoder layers only "
+                                 f"(--layers {request['layers']})" if request.get("layers") else "every LoRA matrix")),
             ("encoding", meta.get("encoding") and ", ".join(f"{k} {v}" for k, v in meta["encoding"].items())),
             ("store", meta and f"{meta.get('records'):,} rows, {request.get('feature_dtype')}, "
                                f"{len(meta.get('chunks') or [])} chunk(s), {meta.get('shards')} shard(s)"),

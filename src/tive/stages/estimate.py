@@ -40,6 +40,9 @@ def run_estimate(run_dir: Path | str, warmup: WarmupOptions, features: FeaturesO
 
     settings = _warmup_settings(warmup)
     _check_options(features)
+    from tive.stages.warmup import check_target_model
+
+    check_target_model(warmup.target_model)
     if options.devices < 1 or options.warmup_steps < 1 or options.feature_batches < 1:
         raise TiveError("--devices, --warmup-steps and --feature-batches must be at least 1")
     run_dir = open_run_dir(run_dir)
@@ -103,6 +106,7 @@ def _estimate(run_dir: Path, warmup: WarmupOptions, features: FeaturesOptions, o
         "peak_memory_bytes": int(peak),
         "total_seconds": warm_seconds + feature_seconds,
     }
+    result["flops"] = _flop_accounting(base_dir, records, warmup, features, options, settings, n_warm, rng)
     write_json(run_dir / ESTIMATE_FILE, result)
     gb = 1 << 30
     say(
@@ -115,9 +119,147 @@ def _estimate(run_dir: Path, warmup: WarmupOptions, features: FeaturesOptions, o
         f"batch {feats['batch_size']})\n"
         f"  total:    {format_seconds(warm_seconds + feature_seconds)} (start-up and the merge not included)\n"
         f"  feature store: {store / gb:.2f} GB on disk ({2 * store / gb:.2f} GB while merging); "
-        f"peak memory seen: {peak / gb:.2f} GB ({'device' if device.startswith('cuda') else 'process'})"
+        f"peak memory seen: {peak / gb:.2f} GB ({'device' if device.startswith('cuda') else 'process'})\n"
+        + _flop_lines(result["flops"], result["total_seconds"], options.devices)
     )
     return result
+
+
+def _flop_accounting(base_dir: Path, records: list[Any], warmup: WarmupOptions, features: FeaturesOptions,
+                     options: EstimateOptions, settings: dict[str, Any], n_warm: int,
+                     rng: np.random.Generator) -> dict[str, Any]:
+    """The selection's FLOPs against one fine-tuning epoch of the target (`tive.cost`), from the configs and the
+    token counts of a sample of the run's records encoded as the stages encode them."""
+    from tive.cost import epoch_flops, measure_tokens, model_shape, selection_flops
+    from tive.model.encode import Encoder
+    from tive.model.loading import load_processor, parse_layers
+
+    if options.token_records < 1:
+        raise TiveError(f"--token-records {options.token_records}: must be at least 1")
+    reference = model_shape(base_dir)
+    target_dir = Path(warmup.target_model).expanduser() if warmup.target_model else None
+    target = model_shape(target_dir) if target_dir is not None else reference
+    sample = _sample(records, options.token_records, rng)
+    tokens = measure_tokens(Encoder(load_processor(base_dir), features.max_length), sample, len(records))
+    selection = selection_flops(
+        reference, tokens, warmup_records=n_warm, epochs=settings["epochs"], lora_rank=settings["lora_rank"],
+        lora_targets=settings["lora_targets"], last_layers=parse_layers(features.layers),
+        warmup_checkpointing=warmup.gradient_checkpointing, features_checkpointing=features.gradient_checkpointing)
+    epoch = epoch_flops(target, tokens, gradient_checkpointing=True)
+    epoch_plain = epoch_flops(target, tokens, gradient_checkpointing=False)
+    if target_dir is not None:
+        epoch["measured"] = _time_target_epoch(target_dir, records, features, options, rng)
+    return {
+        "reference": {"model": warmup.model, **reference.describe()},
+        "target": {"model": str(target_dir) if target_dir else warmup.model, "is_reference": target_dir is None,
+                   **target.describe()},
+        "tokens": {"records": tokens.records, "sampled": tokens.sampled, "text_per_record": tokens.text_tokens,
+                   "images_per_record": tokens.images, "reference_image_tokens_per_image": tokens.image_tokens,
+                   "text_tokens_from": "the reference's tokenizer"},
+        "layers": features.layers,
+        "selection": selection,
+        "epoch": epoch,
+        "epoch_without_checkpointing": epoch_plain,
+        "selection_share_of_epoch": selection["flops"] / epoch["flops"],
+        "selection_share_of_epoch_without_checkpointing": selection["flops"] / epoch_plain["flops"],
+    }
+
+
+def _time_target_epoch(target_dir: Path, records: list[Any], features: FeaturesOptions, options: EstimateOptions,
+                       rng: np.random.Generator) -> dict[str, Any] | None:
+    """One fine-tuning epoch of the target on this machine, where its weights are here and it fits: a few full
+    fine-tuning steps timed as `finetune.sh` runs them (language model and projector trained with AdamW, vision
+    tower frozen, gradient checkpointing), scaled to every record on `options.devices` devices. None with a
+    config-only target; the reason when it does not fit."""
+    import torch
+
+    from tive.cost import _VISION_NAMES
+    from tive.features.grads import _forward_losses
+    from tive.model.data import encode_batch
+    from tive.model.encode import Encoder
+    from tive.model.loading import enable_gradient_checkpointing, load_base, resolve_device
+
+    if not any(target_dir.glob("*.safetensors")) and not any(target_dir.glob("*.bin")):
+        return None
+    device = resolve_device(features.device)
+    batch = features.grad_batch_size or 4
+    try:
+        model, processor = load_base(target_dir, device, features.dtype)
+        for name, param in model.named_parameters():
+            param.requires_grad_(not any(part in _VISION_NAMES for part in name.split(".")))
+        if getattr(model, "supports_gradient_checkpointing", False):
+            enable_gradient_checkpointing(model)
+        model.train()
+        optimiser = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=1e-5)
+        encoder = Encoder(processor, features.max_length)
+        sample = _sample(records, batch * (options.feature_batches + 1), rng)
+        seconds, timed = 0.0, 0
+        for step in range(0, len(sample), batch):
+            encoded = encode_batch(encoder, sample[step : step + batch])
+            if encoded.inputs is None:
+                continue
+            inputs = {key: value.to(device) for key, value in encoded.inputs.items()}
+            started = time.perf_counter()
+            _forward_losses(model, inputs).mean().backward()
+            optimiser.step()
+            optimiser.zero_grad(set_to_none=True)
+            if device.startswith("cuda"):
+                torch.cuda.synchronize()
+            if step:  # the first step warms up
+                seconds, timed = seconds + time.perf_counter() - started, timed + len(encoded.members)
+    except torch.OutOfMemoryError:
+        return {"error": f"the target does not fit on {device} for full fine-tuning with batch {batch}"}
+    finally:
+        model = optimiser = None
+    if not timed:
+        return None
+    per_record = seconds / timed
+    return {"seconds_per_record": per_record, "seconds": per_record * len(records) / options.devices,
+            "device": device, "batch": batch}
+
+
+def _flop_lines(flops: dict[str, Any], seconds: float, devices: int) -> str:
+    from tive.cost import format_flops
+
+    ref, target, tokens = flops["reference"], flops["target"], flops["tokens"]
+    selection, epoch = flops["selection"], flops["epoch"]
+    name = "the reference itself (no --target-model)" if target["is_reference"] else target["model"]
+    backward = ("every layer" if flops["layers"] == "all" else
+                f"the output head and the last {selection['backward_layers']} of {ref['layers']} layers")
+    trained = target["layer_params"] + target["head_params"]
+    return (
+        f"  FLOPs (a forward pass: 2 x parameters x tokens; a backward: 2 more through each layer it covers and 2 more "
+        f"for trained weights; the frozen vision tower's forward included); a record: "
+        f"{tokens['text_per_record']:.0f} text tokens (the reference's tokenizer) + {tokens['images_per_record']:.2f} "
+        f"images, mean of {tokens['sampled']} sampled records:\n"
+        f"    one epoch of {name}: {format_flops(epoch['flops'])} (full fine-tuning as LLaVA's finetune.sh: 8 x "
+        f"{trained / 1e9:.3g}B language-model parameters x {epoch['tokens_per_record']:.0f} tokens x "
+        f"{tokens['records']:,} records, {epoch['image_tokens_per_image']:.0f} tokens an image; "
+        f"{target['total_params'] / 1e9:.3g}B parameters in all)\n"
+        f"    selection with {ref['model']} ({ref['total_params'] / 1e9:.3g}B): warm-up "
+        f"{format_flops(selection['warmup_flops'])} + features {format_flops(selection['features_flops'])} "
+        f"(backward through {backward}) = {format_flops(selection['flops'])}\n"
+        f"    selection ~ {_percent(flops['selection_share_of_epoch'])} of one epoch "
+        f"({_percent(flops['selection_share_of_epoch_without_checkpointing'])} of one without gradient "
+        f"checkpointing); measured here: {format_seconds(seconds)} on {devices} device(s); "
+        + _measured_epoch(epoch.get("measured"), target["is_reference"])
+    )
+
+
+def _percent(share: float) -> str:
+    """A share as a percentage: one decimal from 1%, two significant digits below (a tiny reference's 0.0062%)."""
+    return f"{100 * share:.1f}%" if share >= 0.01 else f"{100 * share:.2g}%"
+
+
+def _measured_epoch(measured: dict[str, Any] | None, is_reference: bool) -> str:
+    if is_reference:
+        return "an epoch is timed only for a --target-model"
+    if measured is None:
+        return "the target's epoch is not timed (no weights here: its config alone prices it)"
+    if "error" in measured:
+        return f"the target's epoch is not timed: {measured['error']}"
+    return (f"one epoch of the target measured the same way: {format_seconds(measured['seconds'])} "
+            f"({measured['seconds_per_record']:.3g} s a record, batch {measured['batch']}, {measured['device']})")
 
 
 def _sample(records: list[Any], n: int, rng: np.random.Generator) -> list[Any]:

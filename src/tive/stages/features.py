@@ -58,6 +58,13 @@ def read_warmup(run_dir: Path) -> dict[str, Any]:
     return warm
 
 
+def _last_layers(options: FeaturesOptions) -> int | None:
+    """K of `--layers last:K`, or None for every LoRA matrix."""
+    from tive.model.loading import parse_layers
+
+    return parse_layers(options.layers)
+
+
 def feature_request(run_dir: Path, warm: dict[str, Any], options: FeaturesOptions,
                     candidates: list[dict[str, Any]]) -> dict[str, Any]:
     """Everything that decides the features and is known before the model is loaded (the store's provenance)."""
@@ -85,6 +92,8 @@ def feature_request(run_dir: Path, warm: dict[str, Any], options: FeaturesOption
         "max_length": options.max_length,
         "feature_dtype": options.feature_dtype,
         "loss": "mean cross-entropy over answer tokens",
+        # `--layers last:K` only: absent means every LoRA matrix, so stores made before the option still match.
+        **({"layers": f"last:{last}"} if (last := _last_layers(options)) is not None else {}),
     }
 
 
@@ -117,6 +126,9 @@ def _check_options(options: FeaturesOptions) -> None:
         raise TiveError(f"--feature-dtype {options.feature_dtype}: choose one of {', '.join(FEATURE_DTYPES)}")
     check_encoding_options(options.dtype, options.max_length)
     check_policy(options.on_bad_record, options.max_bad_fraction)
+    from tive.model.loading import parse_layers
+
+    parse_layers(options.layers)
 
 
 def run_features(run_dir: Path | str, options: FeaturesOptions) -> dict[str, Any]:
@@ -192,7 +204,9 @@ def _compute(run_dir: Path, options: FeaturesOptions, launch: Launch, warm: dict
                      launch.describe())
     say(
         f"features: {n_records} of {n_candidates} records ({len(mine)} chunks) on {launch.describe()}, gradient of "
-        f"{grad_dim:,} LoRA numbers -> {projector.proj_dim} dims ({options.projector}), {options.grad_mode} "
+        f"{grad_dim:,} LoRA numbers"
+        + (f" (the last {_last_layers(options)} decoder layers' only)" if _last_layers(options) else "")
+        + f" -> {projector.proj_dim} dims ({options.projector}), {options.grad_mode} "
         f"gradients, {batch_reason}, {options.dtype} weights, {options.feature_dtype} features, "
         f"device {device}" + (", gradient checkpointing" if options.gradient_checkpointing else "")
         + (f"; {done} records already done" if done else "")

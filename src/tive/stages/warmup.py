@@ -156,9 +156,33 @@ def run_warmup(run_dir: Path | str, options: WarmupOptions, shard: str | None = 
     jobs), and more ranks than `--batch-size`, are refused (`check_launch`); a finished warm-up is skipped by all.
     """
     settings = _warmup_settings(options)
+    check_target_model(options.target_model)
     run_dir = open_run_dir(run_dir)
     with stage_log(run_dir):
-        return _warmup(run_dir, options, settings, shard)
+        result = _warmup(run_dir, options, settings, shard)
+    _record_target_model(run_dir, options)
+    return result
+
+
+def check_target_model(target_model: str | None) -> None:
+    """`--target-model` (the model the subset is for) must name a checkpoint directory, or one with its config.json."""
+    if target_model and not (Path(target_model).expanduser() / "config.json").is_file():
+        raise TiveError(f"--target-model {target_model}: no config.json there; pass the target's checkpoint directory "
+                        "(only its config.json is read, to price one epoch of it in `tive estimate`)")
+
+
+def _record_target_model(run_dir: Path, options: WarmupOptions) -> None:
+    """Record the `--target-model` given now in the run's config.yaml (for the report and the estimate), also when
+    a finished warm-up was reused (the target does not change the reference, so it never decides that)."""
+    import yaml
+
+    from tive.config import CONFIG_FILE
+
+    path = run_dir / CONFIG_FILE
+    recorded = ((yaml.safe_load(path.read_text(encoding="utf-8")) or {}).get("warmup") or {}) if path.is_file() else {}
+    if options.target_model and recorded.get("target_model") != options.target_model \
+            and detect_launch(None).rank == 0:
+        write_run_config(run_dir, warmup=options)
 
 
 def _warmup(run_dir: Path, options: WarmupOptions, settings: dict[str, Any], shard: str | None) -> dict[str, Any]:
