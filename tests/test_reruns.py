@@ -349,6 +349,13 @@ def test_estimate_with_a_reference_adapter_times_the_features_with_that_adapter(
     assert result["features"]["grad_dim"] == lora_numbers and result["features"]["records"] == 140
     assert result["total_seconds"] == pytest.approx(result["features"]["seconds"])
     assert "reference adapter" in capsys.readouterr().out
+    # The FLOP accounting prices the adapter's own LoRA shape, and no warm-up.
+    from tive.cost import model_shape
+    from tive.stages.estimate import _lora_shape
+
+    rank, targets, epochs = _lora_shape({"reference_adapter": str(adapter.resolve())}, model_shape(tiny_model_dir))
+    assert (rank, sorted(targets), epochs) == (4, ["q_proj", "v_proj"], 0)
+    assert result["flops"]["selection"]["warmup_flops"] == 0 < result["flops"]["selection"]["features_flops"]
 
 
 # ------------------------------------------------------------------------------------------ task names (item 8)

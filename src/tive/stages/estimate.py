@@ -13,6 +13,7 @@ peak memory it saw (the device's on a GPU, this process's on a CPU).
 from __future__ import annotations
 
 import math
+import re
 import resource
 import shutil
 import time
@@ -125,6 +126,21 @@ def _estimate(run_dir: Path, warmup: WarmupOptions, features: FeaturesOptions, o
     return result
 
 
+def _lora_shape(settings: dict[str, Any], reference: Any) -> tuple[int, list[str], int]:
+    """The LoRA rank, target module names and warm-up epochs to price: the warm-up's settings, or, with
+    `--reference-adapter` (no warm-up to run), the adapter's own `adapter_config.json`."""
+    if "reference_adapter" not in settings:
+        return settings["lora_rank"], list(settings["lora_targets"]), settings["epochs"]
+    from tive.model.loading import adapter_settings_json
+
+    adapter = adapter_settings_json(Path(settings["reference_adapter"]))
+    modules = adapter.get("target_modules") or []
+    # tive writes a regex (`<language model>\..*\.(q_proj|...)$`); other tools a list of names.
+    names = [name for name in reference.lora_params_per_layer
+             if (name in modules if isinstance(modules, list) else re.search(rf"\b{re.escape(name)}\b", modules))]
+    return int(adapter["r"]), names, 0
+
+
 def _flop_accounting(base_dir: Path, records: list[Any], warmup: WarmupOptions, features: FeaturesOptions,
                      options: EstimateOptions, settings: dict[str, Any], n_warm: int,
                      rng: np.random.Generator) -> dict[str, Any]:
@@ -141,9 +157,10 @@ def _flop_accounting(base_dir: Path, records: list[Any], warmup: WarmupOptions, 
     target = model_shape(target_dir) if target_dir is not None else reference
     sample = _sample(records, options.token_records, rng)
     tokens = measure_tokens(Encoder(load_processor(base_dir), features.max_length), sample, len(records))
+    rank, targets, epochs = _lora_shape(settings, reference)
     selection = selection_flops(
-        reference, tokens, warmup_records=n_warm, epochs=settings["epochs"], lora_rank=settings["lora_rank"],
-        lora_targets=settings["lora_targets"], last_layers=parse_layers(features.layers),
+        reference, tokens, warmup_records=n_warm, epochs=epochs, lora_rank=rank,
+        lora_targets=targets, last_layers=parse_layers(features.layers),
         warmup_checkpointing=warmup.gradient_checkpointing, features_checkpointing=features.gradient_checkpointing)
     epoch = epoch_flops(target, tokens, gradient_checkpointing=True)
     epoch_plain = epoch_flops(target, tokens, gradient_checkpointing=False)
