@@ -132,7 +132,9 @@ def test_prior_cache_key_follows_its_content(world: dict, tmp_path: Path) -> Non
     first, key, _ = build_prior(tmp_path, prior, align, table, settings, say=said.append)
     again, same, _ = build_prior(tmp_path, prior, align, table, settings, say=said.append)
     assert (again, same) == (first, key) and "already trained" in said[-1]
-    edited = [*prior[:-2], prior[-1]]  # one question fewer
+    import dataclasses
+
+    edited = [*prior[:-1], dataclasses.replace(prior[-1], turns=prior[-2].turns)]  # same size, other questions
     other, other_key, _ = build_prior(tmp_path, edited, align, table, settings, say=said.append)
     assert other_key != key and other != first and "trained on" in said[-1]
     _, steps_key, _ = build_prior(tmp_path, prior, align, table, BaseSettings(prior_steps=3, batch_size=4,

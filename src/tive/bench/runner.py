@@ -468,7 +468,8 @@ def run_bench(out: Path, inputs: Inputs, plan: Plan, base_settings: BaseSettings
     if len(records) < 20:
         raise TiveError(f"{inputs.train}: {len(records)} usable records; the bench needs at least 20")
     align, vision, vision_source, sentence = alignment_sources(inputs, records)
-    say(sentence)
+    if resolve_vision(base_settings, inputs) == "pixels":
+        say(sentence)
     benchmarks = load_benchmarks(inputs.evals, inputs.images)
     say(f"bench: {len(records)} training records, {len(align)} alignment records, benchmarks "
         + ", ".join(f"{b.name} ({len(b.records)})" for b in benchmarks))
