@@ -43,7 +43,7 @@ class OwnData:
     images: str | None = opt(None, "root folder of the images of the training, alignment and benchmark records")
     task_field: str | None = opt(None, "record field naming each training record's task, e.g. dataset")
     eval: list[str] = opt([], "benchmark files: LLaVA-format JSON of held-out records, last answer = reference, "
-                          "optional `metric` field exact|option|iou; each is named after its file (`--eval a.json "
+                          "optional `metric` field exact|option|iou|cloze (cloze: an `options` list of strings); each is named after its file (`--eval a.json "
                           "b.json`, or --eval repeated)", nargs="+", action="extend", metavar="EVAL")
     align: str | None = opt(None, "alignment records (e.g. captions) the tiny base model is pre-trained on, as "
                             "LLaVA's alignment stage; without it, the base model's vision tower is pre-trained on "

@@ -6,7 +6,11 @@ path runs both:
     out_dir/train.json            the instruction mix (LLaVA format, task in the `dataset` field)
     out_dir/align.json            the alignment (pre-training) captions the base model learns to see from
     out_dir/eval/<benchmark>.json one held-out benchmark per file; each record's last answer is the reference
-                                  and its `metric` field says how it is scored (exact, option or iou)
+                                  and its `metric` field says how it is scored (exact or cloze)
+    out_dir/prior.json            the language prior's stream: sentence-form questions about fresh scenes, none of
+                                  them a benchmark's scene (the slot base's first phase; issue 19)
+    out_dir/scenes.json           the scene recorded for every image written (pixel digest -> 9 slots of words):
+                                  the table of the slot encoder (`tive.bench.slots`)
     out_dir/images/...            every image, referred to by paths relative to out_dir/images
     out_dir/world.json            the seed, sizes and design summary (written last: the completion marker)
 
@@ -16,7 +20,7 @@ Design (each choice and its reason; see also `WORLD_DESIGN` below, which is prin
   rules do), with their relative sizes, so the imbalance a selection method faces is the real one: conversations
   are the largest task and captions with text the smallest.
 - Answer formats are those of the real sources: short answers with "Answer the question using a single word
-  or phrase." (VQAv2, GQA, OCR-VQA), option letters (A-OKVQA), normalised boxes and region phrases (RefCOCO,
+  or phrase." (VQAv2, GQA, OCR-VQA), option letters (A-OKVQA), grid cells and region phrases (RefCOCO,
   VG), captions (TextCaps), multi-turn free-form answers (LLaVA-Instruct) and text-only chat (ShareGPT).
 - Redundancy follows the sources too: OCR-VQA reuses a small pool of images with paraphrased questions (book
   covers with templated questions in the real data), VQAv2 and VG reuse each image several times (several
@@ -26,7 +30,9 @@ Design (each choice and its reason; see also `WORLD_DESIGN` below, which is prin
 - Benchmarks are held out (fresh images from the same generators, the handwritten digits of other writers;
   a benchmark record whose image equals a training or alignment image, pixel for pixel, is dropped and counted
   in world.json's `eval_dropped_as_seen`) and mirror LLaVA's: VQAv2, GQA, TextVQA, POPE, MMBench (a
-  multiple-choice mix of skills) and RefCOCO (grounding, IoU >= 0.5). Each benchmark draws from the skills of
+  multiple-choice mix of skills, scored by cloze: the option strings ranked by log-likelihood) and RefCOCO
+  (grounding: name the grid cell of the region described; boxes were replaced by cells because the slots carry
+  cells, not pixel boxes). Each benchmark draws from the skills of
   one or more training tasks with its own phrasing, as the real ones do; none is built from a selection
   method's scores, and every benchmark counts the same in the average. Several tasks (the conversations, ShareGPT, TextCaps) are measured only
   indirectly, as in the paper, so a method that spends budget on them pays for it, as it would for real.
