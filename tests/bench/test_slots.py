@@ -177,3 +177,15 @@ def test_cloze_picks_the_option_with_the_highest_summed_loglik(world: dict, mode
     assert evaluate(model, processor, [entry], logliks)["mmbench"] == pytest.approx(expected)
     reference = answer_logliks(model, processor, prompts, list(enumerate(entry["reference_ids"])))
     assert logliks["mmbench"] == pytest.approx(sum(reference) / len(reference), abs=1e-5)
+
+
+def test_vision_auto_is_slots_for_the_world_and_pixels_for_own_data(tmp_path: Path) -> None:
+    from tive.bench.runner import Inputs, resolve_vision
+
+    world_like = Inputs(tmp_path / "t.json", None, None, [], None, scenes=tmp_path / "scenes.json")
+    own = Inputs(tmp_path / "t.json", None, None, [], None)
+    assert resolve_vision(BaseSettings(), world_like) == "slots"
+    assert resolve_vision(BaseSettings(), own) == "pixels"
+    assert resolve_vision(BaseSettings(vision="pixels"), world_like) == "pixels"
+    with pytest.raises(TiveError, match="--vision pixels"):
+        resolve_vision(BaseSettings(vision="slots"), own)
