@@ -90,7 +90,7 @@ def slot_pixels(ids: Sequence[int]) -> np.ndarray:
     """
     grid = np.asarray(ids, dtype=np.int64).reshape(SLOTS, WORDS_PER_SLOT)
     third, fourth = grid[:, 2], grid[:, 3]
-    if (third < 0).any() != (fourth < 0).any() or ((third < 0) != (fourth < 0)).any():
+    if ((third < 0) != (fourth < 0)).any():
         raise TiveError("slot vision: a slot's row and column words must both be given or both be absent")
     packed = np.where(third < 0, -1, third * PACK + np.maximum(fourth, 0))
     channels = np.stack([grid[:, 0], grid[:, 1], packed], axis=0).reshape(CHANNELS, 3, 3)
