@@ -28,7 +28,7 @@ class RunFlags:
     out: str | None = opt(None, "output folder (created; a rerun resumes finished work and recomputes what changed)",
                           required=True)
     world_seed: int = opt(0, "seed of the built-in world and of the base model's initialisation", min=0)
-    quick: bool = opt(False, "a small smoke test (8 min on 2 cores shared with other jobs): small "
+    quick: bool = opt(False, "a small smoke test (3-8 min on 2 cores shared with other jobs): small "
                       "world, a 300-step prior, 15% only, one seed, 80 steps; flags given as well still apply", action="store_true")
 
     def __post_init__(self) -> None:
