@@ -14,10 +14,10 @@ from tive.bench.runner import Inputs, Plan, SelectionSettings, run_bench, world_
 from tive.bench.world import WorldSizes
 from tive.errors import TiveError
 
-SIZES = WorldSizes(train=120, align=24, eval=4)
+SIZES = WorldSizes(train=120, align=24, eval=4, prior=30)
 PLAN = Plan(budgets=(0.15,), seeds=1, ablations=("grad_norm",),
             recipe=Recipe(steps=4, batch_size=16), workers=1)
-BASE = BaseSettings(seed=0, vision_steps=5, epochs=1, batch_size=16)
+BASE = BaseSettings(seed=0, vision_steps=5, epochs=1, batch_size=16, prior_steps=3)
 SELECTION = SelectionSettings(proj_dim=64, epochs=1)
 
 
@@ -42,12 +42,15 @@ def test_outputs_and_schema(bench: tuple[Path, dict]) -> None:
         assert all(0.0 <= v <= 100.0 for v in run["scores"].values())
         assert run["average"] == pytest.approx(sum(run["scores"].values()) / len(run["scores"]))
         assert run["seed"] == 0
+        # Each benchmark's mean log-likelihood of the reference answer, beside its accuracy.
+        assert set(run["logliks"]) == set(results["benchmarks"]) and all(v < 0 for v in run["logliks"].values())
     assert "| full | 100% |" in (out / "results.md").read_text()
     assert results["timing"]["selection"]["features"] >= 0
-    # Chance levels of the world's benchmarks: POPE is yes/no, MMBench has four options, RefCOCO is a box.
+    # Chance levels of the world's benchmarks: POPE is yes/no, MMBench four options (cloze), RefCOCO names a cell.
     assert set(results["chance"]) == set(results["benchmarks"])
     assert results["chance"]["pope"] == 50.0 and results["chance"]["mmbench"] == 25.0
-    assert results["chance"]["refcoco"] == 0.0
+    assert 0.0 < results["chance"]["refcoco"] < 100.0
+    assert results["base_model"]["vision"] == "slots"
     assert "| chance | - |" in (out / "results.md").read_text()
     assert results["at_chance"]["chance_average"] == pytest.approx(sum(results["chance"].values()) / 6)
 

@@ -41,6 +41,8 @@ def test_reads_references_and_default_metric(tmp_path: Path) -> None:
         (_record("x", "bleu"), "field 'metric': unknown metric 'bleu'"),
         (_record("no box", "iou"), "is not a box"),
         (_record("circle", "option"), "has no option letter"),
+        (_record("red", "cloze"), "field 'options': a cloze record needs at least two option strings"),
+        (_record("red", "cloze", options=["blue", "green"]), "the reference 'red' is not one of the options"),
         ({"id": "q1", "conversations": [{"from": "gpt", "value": "x"}, {"from": "human", "value": "y"}]},
          "last turn is not an answer"),
     ],
@@ -87,6 +89,9 @@ def test_chance_level_of_each_metric(tmp_path: Path) -> None:
     assert level("open", [_record(a) for a in ("red", "Red.", "blue", "green")]) == pytest.approx(50.0)
     assert level("both", [_record("yes"), _record("red"), _record("blue")]) == pytest.approx(100 * (0.5 + 0.5 + 0.5) / 3)
     assert level("boxes", [_record("[0.1, 0.1, 0.5, 0.5]", "iou")] * 2) == 0.0
+    # Cloze: one over the number of option strings of each record.
+    assert level("cloze", [_record("red", "cloze", options=["red", "blue"]),
+                           _record("b", "cloze", options=["a", "b", "c", "d"])]) == pytest.approx(37.5)
 
 
 def test_seen_in_training_compares_image_bytes_not_paths(tmp_path: Path) -> None:

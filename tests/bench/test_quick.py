@@ -1,4 +1,4 @@
-"""`tive bench --quick` end to end, as CI runs it (about 1.5 minutes on 2 idle cores)."""
+"""`tive bench --quick` end to end, as CI runs it (197 s on 2 cores shared with other jobs, with the slot prior)."""
 
 from __future__ import annotations
 

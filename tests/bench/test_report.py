@@ -74,3 +74,13 @@ def test_each_recipe_gets_its_table_with_the_full_data_run_in_both() -> None:
     assert steps_part.count("| full | 100% | 300 |") == epochs_part.count("| full | 100% | 300 |") == 1
     epochs_tive = next(r for r in summary_rows(results, "epochs") if r["method"] == "tive")
     assert epochs_tive["percent_of_full"] == 100 * 35.0 / (190 / 3)
+
+
+def test_loglik_table_beside_accuracy() -> None:
+    results = _results({"pope": 55.0, "mmbench": 70.0}, {"pope": 52.0, "mmbench": 60.0}, None)
+    assert "log-likelihood" not in summary_table(results)  # older results without log-likelihoods
+    results["runs"][0]["logliks"] = {"pope": -0.25, "mmbench": -1.5}
+    results["runs"][1]["logliks"] = {"pope": -0.75, "mmbench": -2.125}
+    table = summary_table(results)
+    assert "log-likelihood of the reference answer" in table
+    assert "| full | 100% | -0.25 | -1.50 |" in table and "| tive | 15% | -0.75 | -2.12 |" in table

@@ -15,7 +15,7 @@ from tive.bench.world import BENCHMARKS, WORLD_TASKS, WorldSizes, write_world
 from tive.data import assign_tasks, check_images, load_dataset
 from tive.errors import TiveError
 
-SIZES = WorldSizes(train=300, align=40, eval=12)
+SIZES = WorldSizes(train=300, align=40, eval=12, prior=30)
 
 
 def _digest(folder: Path) -> str:
@@ -67,8 +67,11 @@ def test_benchmarks_are_eval_files_with_metrics(world: dict) -> None:
                 assert parse_box(reference) is not None
             if metric == "option":
                 assert option_letter(reference) is not None
+            if metric == "cloze":
+                assert reference in record["options"] and len(record["options"]) == 4
             used.add(metric)
-    assert used == set(METRICS)
+    # Grounding names the cell and multiple choice is scored by cloze (issue 19): no boxes, no letters.
+    assert used == {"exact", "cloze"} and used <= set(METRICS)
 
 
 def _image_hashes(records: list[dict], images: Path) -> list[str | None]:

@@ -28,8 +28,8 @@ class RunFlags:
     out: str | None = opt(None, "output folder (created; a rerun resumes finished work and recomputes what changed)",
                           required=True)
     world_seed: int = opt(0, "seed of the built-in world and of the base model's initialisation", min=0)
-    quick: bool = opt(False, "a small smoke test (108 s on 2 idle cores): small world, 15% only, one "
-                      "seed, 80 steps; flags given as well still apply", action="store_true")
+    quick: bool = opt(False, "a small smoke test (3-8 min on 2 cores shared with other jobs): small "
+                      "world, a 300-step prior, 15% only, one seed, 80 steps; flags given as well still apply", action="store_true")
 
     def __post_init__(self) -> None:
         check_fields(self)
@@ -43,7 +43,7 @@ class OwnData:
     images: str | None = opt(None, "root folder of the images of the training, alignment and benchmark records")
     task_field: str | None = opt(None, "record field naming each training record's task, e.g. dataset")
     eval: list[str] = opt([], "benchmark files: LLaVA-format JSON of held-out records, last answer = reference, "
-                          "optional `metric` field exact|option|iou; each is named after its file (`--eval a.json "
+                          "optional `metric` field exact|option|iou|cloze (cloze: an `options` list of strings); each is named after its file (`--eval a.json "
                           "b.json`, or --eval repeated)", nargs="+", action="extend", metavar="EVAL")
     align: str | None = opt(None, "alignment records (e.g. captions) the tiny base model is pre-trained on, as "
                             "LLaVA's alignment stage; without it, the base model's vision tower is pre-trained on "

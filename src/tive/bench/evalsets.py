@@ -3,8 +3,10 @@
 Each file is one benchmark, named after the file (`eval/gqa.json` is `gqa`). A record is an ordinary LLaVA
 record whose last turn is the reference answer; the turns before it (earlier answers included) are the prompt.
 An optional `metric` field says how the answer is scored: `exact` (the default; case- and
-punctuation-insensitive), `option` (the first option letter) or `iou` (a box [x1, y1, x2, y2], correct at
-IoU >= 0.5). Images resolve under the same `--images` root as the training data.
+punctuation-insensitive), `option` (the first option letter), `iou` (a box [x1, y1, x2, y2], correct at
+IoU >= 0.5) or `cloze` (multiple choice scored by likelihood: the record's `options` field lists the option
+strings, the reference is one of them, and the model's choice is the option with the highest summed
+log-likelihood as the answer). Images resolve under the same `--images` root as the training data.
 
 `chance_level` is what answering without looking at the image scores, so a report can tell a model that
 measures something from one that does not (see its docstring for the rule of each metric).
@@ -31,6 +33,7 @@ class Benchmark:
     records: list[Record]
     references: list[str]
     metrics: list[str]
+    options: list[list[str] | None] | None = None  # per record: the option strings of a `cloze` record, else None
 
 
 def load_benchmark(path: Path | str, images: Path | str | None) -> Benchmark:
@@ -42,7 +45,7 @@ def load_benchmark(path: Path | str, images: Path | str | None) -> Benchmark:
     if not dataset.records:
         raise TiveError(f"{path}: no records; a benchmark needs at least one")
     check_images(dataset, images, on_missing="error")
-    references, metrics = [], []
+    references, metrics, options = [], [], []
     for record in dataset.records:
         metric = record.raw.get("metric", "exact")
         if metric not in METRICS:
@@ -59,9 +62,20 @@ def load_benchmark(path: Path | str, images: Path | str | None) -> Benchmark:
         if metric == "option" and option_letter(reference) is None:
             raise DataError(path, record.index, record.record_id, "conversations",
                             f"reference {reference!r} has no option letter", "answer with the option's letter, e.g. B")
+        choices = record.raw.get("options")
+        if metric == "cloze":
+            if (not isinstance(choices, list) or len(choices) < 2
+                    or not all(isinstance(c, str) and c.strip() for c in choices)):
+                raise DataError(path, record.index, record.record_id, "options",
+                                "a cloze record needs at least two option strings",
+                                'list them, e.g. "options": ["red", "blue", "green", "yellow"]')
+            if normalise(reference) not in {normalise(c) for c in choices}:
+                raise DataError(path, record.index, record.record_id, "options",
+                                f"the reference {reference!r} is not one of the options", "add it to `options`")
         references.append(reference)
         metrics.append(metric)
-    return Benchmark(path.stem, path, dataset.records, references, metrics)
+        options.append([c.strip() for c in choices] if metric == "cloze" else None)
+    return Benchmark(path.stem, path, dataset.records, references, metrics, options)
 
 
 def load_benchmarks(paths: list[Path | str], images: Path | str | None) -> list[Benchmark]:
@@ -97,7 +111,8 @@ def chance_level(benchmark: Benchmark) -> float:
     - `exact` with a yes/no reference: 1/2;
     - other `exact`: the share of the most frequent reference among the benchmark's other exact records
       (always giving the commonest answer);
-    - `iou`: 0 (a box from nowhere).
+    - `iou`: 0 (a box from nowhere);
+    - `cloze`: 1 / the number of options.
     """
     if not benchmark.records:
         return 0.0
@@ -107,8 +122,12 @@ def chance_level(benchmark: Benchmark) -> float:
                     if m == "exact" and normalise(r) not in YES_NO]
     commonest = Counter(open_answers).most_common(1)[0][1] / len(open_answers) if open_answers else 0.0
     total = 0.0
-    for record, reference, metric in zip(benchmark.records, benchmark.references, benchmark.metrics):
-        if metric == "option":
+    choices = benchmark.options or [None] * len(benchmark.records)
+    for record, reference, metric, options in zip(benchmark.records, benchmark.references, benchmark.metrics,
+                                                  choices):
+        if metric == "cloze":
+            total += 1.0 / len(options or [reference])
+        elif metric == "option":
             n = option_count(record)
             total += 1.0 / (n if n >= 2 else fallback)
         elif metric == "exact":

@@ -53,6 +53,8 @@ def record_content(record: Record, *, task: bool = False, metric: bool = False) 
         content.append(record.task)
     if metric:
         content.append(record.raw.get("metric", "exact"))
+        if "options" in record.raw:
+            content.append(record.raw["options"])
     return content
 
 

@@ -1,4 +1,7 @@
-"""How a benchmark answer is scored: exact match, option letter, or box IoU >= 0.5.
+"""How a benchmark answer is scored: exact match, option letter, box IoU >= 0.5, or cloze.
+
+`cloze` (multiple choice as OLMES scores it for small models): the model's answer is the option whose text has
+the highest summed log-likelihood as the answer (`tive.bench.worker`), then compared with the reference exactly.
 
 Only the standard library is imported, so metrics are tested (and reusable) without torch.
 """
@@ -8,7 +11,7 @@ from __future__ import annotations
 import re
 import string
 
-METRICS = ("exact", "option", "iou")
+METRICS = ("exact", "option", "iou", "cloze")
 IOU_THRESHOLD = 0.5
 
 _PUNCTUATION = str.maketrans({c: " " for c in string.punctuation})
@@ -68,7 +71,7 @@ def iou_match(prediction: str, reference: str) -> bool:
 
 def score(metric: str, prediction: str, reference: str) -> bool:
     """Whether `prediction` is correct under `metric` (one of METRICS)."""
-    if metric == "exact":
+    if metric in ("exact", "cloze"):  # cloze: the prediction is the option the log-likelihoods chose
         return exact_match(prediction, reference)
     if metric == "option":
         return option_match(prediction, reference)

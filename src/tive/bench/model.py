@@ -1,5 +1,11 @@
 """The bench's model side: the pre-trained tiny base, fine-tuning on a subset, greedy evaluation.
 
+Default vision (`BaseSettings.vision`, issue 19): word-like image slots (`tive.bench.slots`) and a cached
+language prior: the slot model is first trained on the world's prior stream (sentence-form questions about
+fresh slot scenes, never a benchmark's item; `build_prior`, cached under out/prior/ by its content), then on the
+alignment captions, then instruction-tuned as below. The pixel path (`vision="pixels"`, and every run on your
+own data, which has no recorded scenes) is the one described next.
+
 The base is the project's tiny LLaVA (model/tiny.py) with its tokenizer learned from the training and alignment
 texts, then pre-trained on the alignment captions in two phases (`BaseSettings`): the vision tower and projector
 first learn a bag-of-words objective on max-pooled image tokens (the miniature of CLIP's pre-training, which
@@ -99,12 +105,139 @@ class BaseSettings:
     batch_size: int = opt(32, "base model: records per pre-training step", flag="--base-batch-size", min=1)
     learning_rate: float = opt(2e-3, "base model: pre-training learning rate", flag="--base-learning-rate", above=0)
     vocab_size: int = 2048
+    vision: str = opt("auto", "the base model's vision: slots (word-like slots from the built-in world's recorded "
+                      "scenes, and a language prior), pixels (a CLIP tower on pixels), auto (slots for the built-in "
+                      "world, pixels for --train data)", choices=("auto", "slots", "pixels"))
+    prior_steps: int = opt(2000, "slot base: optimiser steps of the language prior on the prior stream",
+                           flag="--prior-steps", min=0)
 
     def __post_init__(self) -> None:
         check_fields(self)
 
 
 BASE_MARKER = "bench_base.json"
+PRIOR_MARKER = "bench_prior.json"
+
+
+def _tokenizer_texts(prior: Sequence[Record], align: Sequence[Record]) -> list[str]:
+    """What the slot tokenizer learns from: the prior stream, the captions and the world's fixed instructions
+    (never the training records, so one prior serves every training set of a world seed)."""
+    from tive.bench import world
+
+    fixed = [world.SHORT, world.MC_SUFFIX, world.GROUND, world.REGION, *world.OCR_QUESTIONS]
+    return [*(t.text() for r in (*prior, *align) for t in r.turns), *fixed]
+
+
+def build_prior(prior_root: Path, prior: Sequence[Record], align: Sequence[Record], table: dict[str, Any],
+                settings: BaseSettings, say: Any = print) -> tuple[Path, str, dict[str, Any]]:
+    """The slot model trained on the prior stream (issue 19, item 2), cached in prior_root/<key>.
+
+    The key holds the training loop, the settings the prior depends on, the prior records' content (turns and
+    image digests) and the captions (the tokenizer learns from both). Returns (directory, key, info).
+    """
+    import torch
+
+    from tive.bench.keys import record_content
+    from tive.bench.slots import build_slot_model
+    from tive.io import sha256_json
+    from tive.model.loading import load_base
+
+    key = sha256_json({
+        "training_loop": TRAINING_LOOP,
+        "settings": {k: getattr(settings, k) for k in ("seed", "vocab_size", "prior_steps", "batch_size",
+                                                       "learning_rate")},
+        "prior": [record_content(r) for r in prior],
+        "align": [[t.text() for t in r.turns] for r in align],
+    })
+    prior_dir = prior_root / key[:12]
+    marker = prior_dir / PRIOR_MARKER
+    if marker.is_file() and json.loads(marker.read_text()).get("key") == key:
+        say(f"bench: language prior already trained ({prior_dir})")
+        return prior_dir, key, json.loads(marker.read_text())
+    started = time.perf_counter()
+    build_slot_model(prior_dir, _tokenizer_texts(prior, align), table, seed=settings.seed,
+                     vocab_size=settings.vocab_size)
+    model, processor = load_base(prior_dir)
+    losses: list[float] = []
+    if prior and settings.prior_steps:
+        items = [encode(processor, r) for r in prior]
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(settings.seed)
+            losses = train_model(model, processor, items, steps=settings.prior_steps,
+                                 batch_size=settings.batch_size, learning_rate=settings.learning_rate,
+                                 seed=settings.seed, freeze_vision=True)
+        model.save_pretrained(prior_dir)
+    info = {"key": key, "records": len(prior), "steps": len(losses),
+            "loss_first": losses[0] if losses else None,
+            "loss_last": float(sum(losses[-10:]) / len(losses[-10:])) if losses else None,
+            "seconds": round(time.perf_counter() - started, 1)}
+    marker.write_text(json.dumps(info, indent=1) + "\n")
+    say(f"bench: language prior trained on {len(prior)} prior records, {len(losses)} steps"
+        + (f" (loss {info['loss_first']:.2f} -> {info['loss_last']:.2f})" if losses else "")
+        + f" ({info['seconds']:.0f} s)")
+    return prior_dir, key, info
+
+
+def build_slot_base(base_dir: Path, prior_root: Path, train: Sequence[Record], align: Sequence[Record],
+                    prior: Sequence[Record], table: dict[str, Any], settings: BaseSettings,
+                    say: Any = print) -> dict[str, Any]:
+    """The slot base: the cached prior (`build_prior`), its image table set to every recorded scene of the world,
+    then the caption alignment phase on `align`. Cached in `base_dir` by content (prior key, captions, table)."""
+    import shutil
+
+    import torch
+
+    from tive.bench.keys import record_content
+    from tive.bench.slots import register, slot_ids
+    from tive.io import sha256_json
+    from tive.model.loading import load_base
+
+    register()
+    prior_dir, prior_key, prior_info = build_prior(prior_root, prior, align, table, settings, say=say)
+    key = sha256_json({
+        "training_loop": TRAINING_LOOP,
+        "vision": "slots",
+        "settings": asdict(settings),
+        "prior": prior_key,
+        "align": [record_content(r) for r in align],
+        "table": sha256_json(table),
+    })
+    marker = base_dir / BASE_MARKER
+    if marker.is_file():
+        old = json.loads(marker.read_text())
+        if old.get("key") == key:
+            say(f"bench: base model already built ({base_dir})")
+            return {**old, "cached": True}
+    started = time.perf_counter()
+    if base_dir.exists():
+        shutil.rmtree(base_dir)
+    shutil.copytree(prior_dir, base_dir)
+    (base_dir / PRIOR_MARKER).unlink()
+    model, processor = load_base(base_dir)
+    processor.image_processor.table = {d: slot_ids(processor.tokenizer, s) for d, s in table.items()}
+    processor.save_pretrained(base_dir)
+    losses: list[float] = []
+    if align:
+        items = [encode(processor, r) for r in align]
+        steps = settings.epochs * math.ceil(len(items) / settings.batch_size)
+        if steps:
+            with torch.random.fork_rng(devices=[]):
+                torch.manual_seed(settings.seed)
+                losses = train_model(model, processor, items, steps=steps, batch_size=settings.batch_size,
+                                     learning_rate=settings.learning_rate, seed=settings.seed, freeze_vision=True)
+        model.save_pretrained(base_dir)
+    info = {
+        "key": key, "vision": "slots", "settings": asdict(settings), "prior": prior_info,
+        "align_records": len(align), "steps": len(losses),
+        "loss_first": losses[0] if losses else None,
+        "loss_last": float(sum(losses[-10:]) / len(losses[-10:])) if losses else None,
+        "seconds": round(time.perf_counter() - started + prior_info.get("seconds", 0.0), 1),
+    }
+    marker.write_text(json.dumps(info, indent=1) + "\n")
+    info["cached"] = False
+    say(f"bench: slot base: captions on {len(align)} alignment records, {len(losses)} steps"
+        + (f" (loss {info['loss_first']:.2f} -> {info['loss_last']:.2f})" if losses else ""))
+    return info
 
 
 def build_base(base_dir: Path, train: Sequence[Record], align: Sequence[Record], settings: BaseSettings,
@@ -411,3 +544,50 @@ def generate(model: Any, processor: Any, prompts: Sequence[dict[str, Any]], batc
 def fresh_copy(base: Any) -> Any:
     """A trainable copy of the base model (the base itself is never changed)."""
     return copy.deepcopy(base)
+
+
+def answer_ids(processor: Any, text: str) -> list[int]:
+    """The tokens of `text` as an assistant answer: its tokens as the chat template places them (the answer starts
+    a segment after the role tag), then the end-of-turn token, which also tells "4" from a longer "47"."""
+    tokenizer = processor.tokenizer
+    ids = list(tokenizer(text.strip(), add_special_tokens=False)["input_ids"])
+    end = tokenizer.convert_tokens_to_ids("<|end|>")
+    if end is not None and end != tokenizer.unk_token_id:
+        ids.append(int(end))
+    return ids
+
+
+def answer_logliks(model: Any, processor: Any, prompts: Sequence[dict[str, Any]],
+                   pairs: Sequence[tuple[int, Sequence[int]]], batch_size: int = 64) -> list[float]:
+    """Summed log-likelihood of each (prompt index, answer tokens) pair: the answer teacher-forced after its
+    prompt (the prompt ends with the assistant's generation tag, as for greedy answers)."""
+    import torch
+
+    pad_id = _pad_id(processor)
+    out = [0.0] * len(pairs)
+    order = sorted(range(len(pairs)), key=lambda k: len(prompts[pairs[k][0]]["input_ids"]) + len(pairs[k][1]))
+    with torch.inference_mode():
+        for start in range(0, len(order), batch_size):
+            chunk = order[start : start + batch_size]
+            rows = []
+            for k in chunk:
+                prompt = prompts[pairs[k][0]]["input_ids"]
+                answer = torch.as_tensor(list(pairs[k][1]), dtype=prompt.dtype)
+                rows.append((prompt, answer))
+            length = max(len(p) + len(a) for p, a in rows)
+            ids = torch.full((len(rows), length), pad_id, dtype=torch.long)
+            mask = torch.zeros((len(rows), length), dtype=torch.long)
+            for row, (prompt, answer) in enumerate(rows):
+                n = len(prompt) + len(answer)
+                ids[row, :n] = torch.cat([prompt, answer])
+                mask[row, :n] = 1
+            extra = {}
+            items = [prompts[pairs[k][0]] for k in chunk]
+            for key in dict.fromkeys(key for item in items for key in item if key not in ("input_ids",
+                                                                                          "attention_mask")):
+                extra[key] = torch.cat([item[key] for item in items if key in item])
+            logp = model(input_ids=ids, attention_mask=mask, **extra).logits.float().log_softmax(-1)
+            for row, (prompt, answer) in enumerate(rows):
+                positions = torch.arange(len(prompt) - 1, len(prompt) + len(answer) - 1)
+                out[chunk[row]] = float(logp[row, positions, answer].sum())
+    return out

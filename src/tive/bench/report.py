@@ -96,11 +96,33 @@ def summary_table(results: dict[str, Any]) -> str:
     parts = []
     for recipe in recipes_of(results):
         parts.append(f"**{RECIPE_TITLES.get(recipe, recipe)}**\n\n" + _recipe_table(results, recipe))
+    loglik = loglik_table(results)
+    if loglik:
+        parts.append("**Mean log-likelihood of the reference answer (its tokens and the end of turn, summed; "
+                     "mean over records and seeds), equal steps — a lower-noise diagnostic beside accuracy**\n\n"
+                     + loglik)
     seeds = max((row["seeds"] for row in summary_rows(results, recipes_of(results)[0])), default=1)
     chance = results.get("chance")
     parts.append(f"Scores are accuracy (%) averaged over {seeds} seed(s); ± is the standard deviation of the average "
                  "over seeds." + (" `chance`: answering without the image." if chance else ""))
     return "\n\n".join(parts)
+
+
+def loglik_table(results: dict[str, Any], recipe: str = "steps") -> str:
+    """Per (method, budget) of `recipe`, each benchmark's mean per-answer log-likelihood of the reference; empty
+    when the runs hold none (older results.json)."""
+    names = results["benchmarks"]
+    groups = group_runs(results, recipe)
+    if not any(run.get("logliks") for runs in groups.values() for run in runs):
+        return ""
+    lines = ["| " + " | ".join(["method", "budget", *names]) + " |", "|" + "---|" * (len(names) + 2)]
+    for (method, budget), runs in groups.items():
+        cells = [method, f"{budget * 100:g}%"]
+        for name in names:
+            values = [run["logliks"][name] for run in runs if name in run.get("logliks", {})]
+            cells.append(f"{np.mean(values):.2f}" if values else "-")
+        lines.append("| " + " | ".join(cells) + " |")
+    return "\n".join(lines)
 
 
 def _recipe_table(results: dict[str, Any], recipe: str) -> str:

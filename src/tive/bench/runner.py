@@ -140,21 +140,24 @@ class Inputs:
     evals: list[Path]
     align: Path | None
     world: dict[str, Any] | None = None
+    prior: Path | None = None  # the language prior's stream (built-in world only)
+    scenes: Path | None = None  # the recorded scenes of every image (built-in world only): the slot encoder's table
 
 
 # What --quick changes, per settings class (field -> value); flags the user gives still win.
 QUICK: dict[type, dict[str, Any]] = {
-    WorldSizes: {"train": 1000, "align": 600, "eval": 40},
+    WorldSizes: {"train": 1000, "align": 600, "eval": 40, "prior": 1500},
     Plan: {"budgets": (0.15,), "seeds": 1},
     Recipe: {"steps": 80},
-    BaseSettings: {"vision_steps": 400, "epochs": 4},
+    BaseSettings: {"vision_steps": 400, "epochs": 4, "prior_steps": 300},
 }
 
 
 def world_inputs(out: Path, seed: int, sizes: WorldSizes) -> Inputs:
     info = write_world(out / "world", seed, sizes)
     return Inputs(Path(info["train"]), Path(info["images"]), info["task_field"],
-                  [Path(p) for p in info["eval"].values()], Path(info["align"]), world=info["config"])
+                  [Path(p) for p in info["eval"].values()], Path(info["align"]), world=info["config"],
+                  prior=Path(info["prior"]), scenes=Path(info["scenes"]))
 
 
 def _load_records(path: Path, images: Path | None, task_field: str | None) -> list[Any]:
@@ -284,13 +287,19 @@ def reference_el2n(base_dir: Path, adapter_dir: Path, items: list[dict[str, Any]
 
 
 def encode_all(processor: Any, records: list[Any], benchmarks: list[Any]) -> dict[str, Any]:
-    from tive.bench.model import encode, encode_prompt
+    """Training items; per benchmark the prompts, the reference's answer tokens (for its log-likelihood) and
+    each cloze record's options' answer tokens."""
+    from tive.bench.model import answer_ids, encode, encode_prompt
 
     return {
         "items": [encode(processor, r) for r in records],
         "benchmarks": [
             {"name": b.name, "prompts": [encode_prompt(processor, r) for r in b.records],
-             "metrics": b.metrics, "references": b.references}
+             "metrics": b.metrics, "references": b.references,
+             "reference_ids": [answer_ids(processor, ref) for ref in b.references],
+             "options": [None if opts is None else [answer_ids(processor, o) for o in opts]
+                         for opts in (b.options or [None] * len(b.records))],
+             "option_texts": list(b.options or [None] * len(b.records))}
             for b in benchmarks
         ],
     }
@@ -423,6 +432,18 @@ def alignment_sources(inputs: Inputs, records: list[Record]) -> tuple[list[Recor
         "--align CAPTIONS.json for LLaVA's caption alignment instead")
 
 
+def resolve_vision(settings: BaseSettings, inputs: Inputs) -> str:
+    """`slots` or `pixels`: `auto` is slots for the built-in world (its scenes are recorded), pixels otherwise."""
+    if settings.vision == "pixels":
+        return "pixels"
+    if inputs.scenes is None:
+        if settings.vision == "slots":
+            raise TiveError("--vision slots needs the built-in world's recorded scenes; with --train data use "
+                            "--vision pixels (or leave --vision out)")
+        return "pixels"
+    return "slots"
+
+
 def run_bench(out: Path, inputs: Inputs, plan: Plan, base_settings: BaseSettings,
               selection: SelectionSettings) -> dict[str, Any]:
     """The whole bench; writes DIR/results.json, results.md, results.png and returns the results."""
@@ -447,7 +468,8 @@ def run_bench(out: Path, inputs: Inputs, plan: Plan, base_settings: BaseSettings
     if len(records) < 20:
         raise TiveError(f"{inputs.train}: {len(records)} usable records; the bench needs at least 20")
     align, vision, vision_source, sentence = alignment_sources(inputs, records)
-    say(sentence)
+    if resolve_vision(base_settings, inputs) == "pixels":
+        say(sentence)
     benchmarks = load_benchmarks(inputs.evals, inputs.images)
     say(f"bench: {len(records)} training records, {len(align)} alignment records, benchmarks "
         + ", ".join(f"{b.name} ({len(b.records)})" for b in benchmarks))
@@ -458,8 +480,20 @@ def run_bench(out: Path, inputs: Inputs, plan: Plan, base_settings: BaseSettings
 
     timing: dict[str, Any] = {}
     base_dir = out / "base"
-    base_info = build_base(base_dir, records, align, base_settings, say=say, vision=vision,
-                           vision_source=vision_source)
+    vision_kind = resolve_vision(base_settings, inputs)
+    if vision_kind == "slots":
+        from tive.bench.model import build_slot_base
+        from tive.bench.slots import read_scene_table, register
+
+        register()
+        prior = [r for r in _load_records(inputs.prior, inputs.images, None) if r.ok] if inputs.prior else []
+        say(f"bench: vision: word-like slots from the world's recorded scenes; language prior on {len(prior)} "
+            "prior records")
+        base_info = build_slot_base(base_dir, out / "prior", records, align, prior,
+                                    read_scene_table(inputs.scenes), base_settings, say=say)
+    else:
+        base_info = build_base(base_dir, records, align, base_settings, say=say, vision=vision,
+                               vision_source=vision_source)
     timing["base_model_seconds"] = base_info["seconds"]
     timing["base_model_cached"] = base_info["cached"]
 
@@ -515,7 +549,7 @@ def run_bench(out: Path, inputs: Inputs, plan: Plan, base_settings: BaseSettings
         "chance": {b.name: chance_level(b) for b in benchmarks},
         "runs": [
             {"method": r["method"], "budget": r["budget"], "seed": r["seed"], "recipe": r["recipe"],
-             "scores": r["scores"],
+             "scores": r["scores"], "logliks": r.get("logliks", {}),
              "average": r["average"], "records": r["records"], "steps": r["steps"],
              "train_seconds": r["train_seconds"], "eval_seconds": r["eval_seconds"]}
             for r in results

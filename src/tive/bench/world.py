@@ -6,7 +6,11 @@ path runs both:
     out_dir/train.json            the instruction mix (LLaVA format, task in the `dataset` field)
     out_dir/align.json            the alignment (pre-training) captions the base model learns to see from
     out_dir/eval/<benchmark>.json one held-out benchmark per file; each record's last answer is the reference
-                                  and its `metric` field says how it is scored (exact, option or iou)
+                                  and its `metric` field says how it is scored (exact or cloze)
+    out_dir/prior.json            the language prior's stream: sentence-form questions about fresh scenes, none of
+                                  them a benchmark's scene (the slot base's first phase; issue 19)
+    out_dir/scenes.json           the scene recorded for every image written (pixel digest -> 9 slots of words):
+                                  the table of the slot encoder (`tive.bench.slots`)
     out_dir/images/...            every image, referred to by paths relative to out_dir/images
     out_dir/world.json            the seed, sizes and design summary (written last: the completion marker)
 
@@ -16,7 +20,7 @@ Design (each choice and its reason; see also `WORLD_DESIGN` below, which is prin
   rules do), with their relative sizes, so the imbalance a selection method faces is the real one: conversations
   are the largest task and captions with text the smallest.
 - Answer formats are those of the real sources: short answers with "Answer the question using a single word
-  or phrase." (VQAv2, GQA, OCR-VQA), option letters (A-OKVQA), normalised boxes and region phrases (RefCOCO,
+  or phrase." (VQAv2, GQA, OCR-VQA), option letters (A-OKVQA), grid cells and region phrases (RefCOCO,
   VG), captions (TextCaps), multi-turn free-form answers (LLaVA-Instruct) and text-only chat (ShareGPT).
 - Redundancy follows the sources too: OCR-VQA reuses a small pool of images with paraphrased questions (book
   covers with templated questions in the real data), VQAv2 and VG reuse each image several times (several
@@ -26,7 +30,9 @@ Design (each choice and its reason; see also `WORLD_DESIGN` below, which is prin
 - Benchmarks are held out (fresh images from the same generators, the handwritten digits of other writers;
   a benchmark record whose image equals a training or alignment image, pixel for pixel, is dropped and counted
   in world.json's `eval_dropped_as_seen`) and mirror LLaVA's: VQAv2, GQA, TextVQA, POPE, MMBench (a
-  multiple-choice mix of skills) and RefCOCO (grounding, IoU >= 0.5). Each benchmark draws from the skills of
+  multiple-choice mix of skills, scored by cloze: the option strings ranked by log-likelihood) and RefCOCO
+  (grounding: name the grid cell of the region described; boxes were replaced by cells because the slots carry
+  cells, not pixel boxes). Each benchmark draws from the skills of
   one or more training tasks with its own phrasing, as the real ones do; none is built from a selection
   method's scores, and every benchmark counts the same in the average. Several tasks (the conversations, ShareGPT, TextCaps) are measured only
   indirectly, as in the paper, so a method that spends budget on them pays for it, as it would for real.
@@ -72,6 +78,7 @@ COLS = ("left", "center", "right")
 PLURALS = {"circle": "circles", "square": "squares", "triangle": "triangles", "diamond": "diamonds",
            "cross": "crosses"}
 NUMBER_WORDS = ("no", "one", "two", "three", "four", "five")
+SLOTS_INFO = "tive_slots"  # key of a drawn image's `info` holding the scene it shows, as slots of words
 
 WORLD_DESIGN = (
     "Tasks mirror LLaVA-665K's sources and sizes; answer formats and redundancy follow each source; benchmarks "
@@ -114,7 +121,12 @@ class Scene:
     background: str
 
     def image(self) -> Image.Image:
-        return draw_scene([Shape(item.kind, item.color, item.box) for item in self.items], self.background)
+        """The drawing; its `info["tive_slots"]` records the scene's 9 slots of words for the slot encoder."""
+        from tive.bench.slots import scene_slots
+
+        image = draw_scene([Shape(item.kind, item.color, item.box) for item in self.items], self.background)
+        image.info[SLOTS_INFO] = scene_slots([(i.color, i.kind, i.row, i.col) for i in self.items])
+        return image
 
     def count(self, kind: str) -> int:
         return sum(item.kind == kind for item in self.items)
@@ -224,6 +236,9 @@ def draw_number(rng: np.random.Generator, style: str, held_out: bool = False) ->
             region = canvas[y0 : y0 + size, xs : xs + size]
             canvas[y0 : y0 + size, xs : xs + size] = region * (1 - alpha) + ink * alpha
         image = Image.fromarray(canvas.clip(0, 255).astype(np.uint8))
+    from tive.bench.slots import number_slots
+
+    image.info[SLOTS_INFO] = number_slots(str(number), color)
     return NumberImage(number, color, background, style), image
 
 
@@ -357,6 +372,23 @@ NUMBERS = [str(n) for n in range(6)]
 
 def mc_about_scene(rng: np.random.Generator, scene: Scene) -> tuple[str, str]:
     """A multiple-choice question about a scene: colour, shape, count or position."""
+    return multiple_choice(rng, *mc_parts(rng, scene))
+
+
+def cloze_choice(rng: np.random.Generator, question: str, answer: str, space: list[str]) -> tuple[str, str, list[str]]:
+    """A 4-option question scored by cloze: (short-answer question, the answer, the options shuffled).
+
+    The options are not listed in the prompt: the scorer ranks their texts by summed log-likelihood as the
+    answer (OLMES's cloze formulation for small models), so no option letter has to be learnt.
+    """
+    distractors = [x for x in space if x != answer]
+    picked = [distractors[int(i)] for i in rng.choice(len(distractors), size=3, replace=False)]
+    options = [answer] + picked
+    return _short(question), answer, [options[int(i)] for i in rng.permutation(4)]
+
+
+def mc_parts(rng: np.random.Generator, scene: Scene) -> tuple[str, str, list[str]]:
+    """(question, answer, answer space) of a multiple-choice question about a scene."""
     for _ in range(10):
         kind = _pick(rng, ("color", "kind", "count", "position"))
         qa = {"color": skill_color, "kind": skill_kind, "count": skill_count, "position": skill_position}[kind](
@@ -366,9 +398,9 @@ def mc_about_scene(rng: np.random.Generator, scene: Scene) -> tuple[str, str]:
             continue
         space = {"color": list(COLORS), "kind": list(SHAPES), "count": NUMBERS, "position": PLACES}[kind]
         if qa[1] in space:
-            return multiple_choice(rng, qa[0], qa[1], space)
+            return qa[0], qa[1], space
     qa = skill_count(rng, scene)
-    return multiple_choice(rng, qa[0], qa[1], NUMBERS)
+    return qa[0], qa[1], NUMBERS
 
 
 def caption_of(scene: Scene) -> str:
@@ -508,8 +540,9 @@ def task_textcaps(rng: np.random.Generator, n: int) -> list[Example]:
     return out
 
 
-GROUND = "Please provide the bounding box coordinate of the region this sentence describes: "
-REGION = "Please provide a short description for this region: "
+# Grounding names the grid cell (the slots carry cells, not pixel boxes; issue 19): "top left", "center", ...
+GROUND = "Name the grid cell of the region this sentence describes: "
+REGION = "Please provide a short description for this cell: "
 
 
 def _ground_turns(rng: np.random.Generator, scene: Scene, p_box: float, max_turns: int) -> list[tuple[str, str]]:
@@ -517,9 +550,9 @@ def _ground_turns(rng: np.random.Generator, scene: Scene, p_box: float, max_turn
     order = [scene.items[int(k)] for k in rng.permutation(len(scene.items))][:max_turns]
     for item in order[: int(rng.integers(1, len(order) + 1))]:
         if rng.random() < p_box:
-            turns.append((f"{GROUND}the {item.name}.", box_text(item.box)))
+            turns.append((f"{GROUND}the {item.name}.", item.place))
         else:
-            turns.append((f"{REGION}{box_text(item.box)}", item.name))
+            turns.append((f"{REGION}the {item.place} cell.", item.name))
     return turns
 
 
@@ -616,21 +649,21 @@ def bench_mmbench(rng: np.random.Generator, n: int) -> list[Example]:
         if i % 5 == 4:  # reading
             info, image = draw_number(rng, _pick(rng, ("printed", "handwritten")), held_out=True)
             space = [str(v) for v in range(100)]
-            question, letter = multiple_choice(rng, "Which number is written in the image?", info.text, space)
+            parts = ("Which number is written in the image?", info.text, space)
         elif i % 5 == 3:  # relation
             scene = make_scene(rng, 3, 5)
             image = scene.image()
             qa = skill_relation(rng, scene)
             if qa is None or qa[1] not in (*COLORS, *SHAPES):
-                question, letter = mc_about_scene(rng, scene)
+                parts = mc_parts(rng, scene)
             else:
-                space = list(COLORS) if qa[1] in COLORS else list(SHAPES)
-                question, letter = multiple_choice(rng, qa[0], qa[1], space)
+                parts = (qa[0], qa[1], list(COLORS) if qa[1] in COLORS else list(SHAPES))
         else:
             scene = make_scene(rng, 1, 4)
             image = scene.image()
-            question, letter = mc_about_scene(rng, scene)
-        out.append(Example([(question, letter)], image, f"{i:05d}", metric="option"))
+            parts = mc_parts(rng, scene)
+        question, answer, options = cloze_choice(rng, *parts)
+        out.append(Example([(question, answer)], image, f"{i:05d}", truth={"options": options}, metric="cloze"))
     return out
 
 
@@ -639,7 +672,7 @@ def bench_refcoco(rng: np.random.Generator, n: int) -> list[Example]:
     for i in range(n):
         scene = make_scene(rng, 2, 4)
         item = _pick(rng, scene.items)
-        out.append(Example([(f"{GROUND}the {item.name}.", box_text(item.box))], scene.image(), f"{i:05d}", metric="iou"))
+        out.append(Example([(f"{GROUND}the {item.name}.", item.place)], scene.image(), f"{i:05d}", metric="exact"))
     return out
 
 
@@ -669,6 +702,38 @@ def align_examples(rng: np.random.Generator, n: int) -> list[Example]:
             info, image = draw_number(rng, _pick(rng, ("printed", "handwritten")))
             caption = number_caption(info)
         out.append(Example([(_pick(rng, prompts), caption)], image, f"{i:05d}"))
+    return out
+
+
+PRIOR_SKILLS = (skill_color, skill_kind, skill_count, skill_exists, skill_position, skill_relation)
+
+
+def slots_of(image: Image.Image) -> list[list[str | None]]:
+    """The slots of words a drawn image records (`Scene.image`, `draw_number`)."""
+    return image.info[SLOTS_INFO]
+
+
+def prior_examples(rng: np.random.Generator, n: int, avoid: set[str]) -> list[Example]:
+    """The language prior's stream (issue 19, item 2): fresh scenes and numbers with 2 questions each, answered in
+    sentences, as LLaVA-Instruct answers; a scene whose slots equal a benchmark image's (`avoid`, slots as JSON)
+    is drawn again, so the prior never sees a benchmark's item."""
+    out: list[Example] = []
+    while len(out) < n:
+        if rng.random() < 0.15:
+            info, image = draw_number(rng, _pick(rng, ("printed", "handwritten")))
+            turns = [(_pick(rng, OCR_QUESTIONS), f"The number is {info.text}."),
+                     ("What color is the number?", f"The number is {info.color}.")]
+            turns = turns[: int(rng.integers(1, 3))]
+        else:
+            scene = make_scene(rng, 1, 5)
+            image = scene.image()
+            turns = []
+            for _ in range(2):
+                question, _, sentence = ask(rng, scene, PRIOR_SKILLS)
+                turns.append((question, sentence))
+        if json.dumps(slots_of(image)) in avoid:
+            continue
+        out.append(Example(turns, image, f"{len(out):05d}"))
     return out
 
 
@@ -705,6 +770,8 @@ class WorldSizes:
     align: int = opt(1500, "alignment (caption) records of the built-in world", flag="--align-records", min=0)
     eval: int = opt(600, "records per benchmark of the built-in world (before dropping any whose image is a "
                     "training or alignment image)", flag="--eval-records", min=1)
+    prior: int = opt(10000, "records (2 sentence-form questions each) of the language prior's stream of the "
+                     "built-in world", flag="--prior-records", min=0)
 
     def __post_init__(self) -> None:
         check_fields(self)
@@ -713,10 +780,10 @@ class WorldSizes:
 def world_config(seed: int, sizes: WorldSizes) -> dict[str, Any]:
     return {
         "seed": seed,
-        "sizes": {"train": sizes.train, "align": sizes.align, "eval": sizes.eval},
+        "sizes": {"train": sizes.train, "align": sizes.align, "eval": sizes.eval, "prior": sizes.prior},
         "tasks": {t.name: t.redundancy for t in WORLD_TASKS},
         "benchmarks": sorted(BENCHMARKS),
-        "version": 2,
+        "version": 3,
     }
 
 
@@ -735,11 +802,19 @@ def write_world(out_dir: Path | str, seed: int, sizes: WorldSizes | None = None)
             return _absolute(out_dir, old)
         raise TiveError(f"{out_dir}: holds a world made with other settings; use another --out directory")
     image_root = out_dir / "images"
+    scenes: dict[str, Any] = {}  # pixel digest -> slots of words, of every image written (the slot encoder's table)
+
+    def record_scenes(examples: list[Example]) -> None:
+        for example in examples:
+            if example.image is not None:
+                scenes[pixel_digest(example.image)] = slots_of(example.image)
+
     task_sizes = split_by_weight({t.name: t.weight for t in WORLD_TASKS}, sizes.train)
     train: list[dict[str, Any]] = []
     seen: set[str] = set()  # pixel digests of every training and alignment image
     for task in WORLD_TASKS:
         examples = task.make(world_rng(seed, task.name), task_sizes[task.name])
+        record_scenes(examples)
         seen |= {pixel_digest(e.image) for e in examples if e.image is not None}
         train += to_records(examples, f"train/{task.name}", image_root, task=task.name,
                             placement=world_rng(seed, task.name + "/placement"), image_before=0.8)
@@ -747,19 +822,33 @@ def write_world(out_dir: Path | str, seed: int, sizes: WorldSizes | None = None)
     train = [train[int(i)] for i in order]
     write_records_json(out_dir / "train.json", train)
     aligned = align_examples(world_rng(seed, "align"), sizes.align)
+    record_scenes(aligned)
     seen |= {pixel_digest(e.image) for e in aligned if e.image is not None}
     write_records_json(out_dir / "align.json", to_records(aligned, "align", image_root))
     evals = {}
     dropped = {}
+    benchmark_slots: set[str] = set()
     for name, make in BENCHMARKS.items():
         examples, dropped[name] = drop_seen(make(world_rng(seed, "eval/" + name), sizes.eval), seen)
-        write_records_json(out_dir / "eval" / f"{name}.json", to_records(examples, f"eval/{name}", image_root))
+        record_scenes(examples)
+        benchmark_slots |= {json.dumps(slots_of(e.image)) for e in examples if e.image is not None}
+        records = to_records(examples, f"eval/{name}", image_root)
+        for record, example in zip(records, examples):
+            if "options" in example.truth:
+                record["options"] = example.truth["options"]
+        write_records_json(out_dir / "eval" / f"{name}.json", records)
         evals[name] = f"eval/{name}.json"
+    prior = prior_examples(world_rng(seed, "prior"), sizes.prior, benchmark_slots)
+    record_scenes(prior)
+    write_records_json(out_dir / "prior.json", to_records(prior, "prior", image_root))
+    write_bytes(out_dir / "scenes.json", json.dumps(scenes, separators=(",", ":")).encode())
     info = {
         "config": config,
         "design": WORLD_DESIGN,
         "train": "train.json",
         "align": "align.json",
+        "prior": "prior.json",
+        "scenes": "scenes.json",
         "images": "images",
         "task_field": "dataset",
         "eval": evals,
@@ -774,7 +863,7 @@ def _absolute(out_dir: Path, info: dict[str, Any]) -> dict[str, Any]:
     """world.json keeps paths relative to the world folder (so it can be moved); callers get absolute ones."""
     root = out_dir.resolve()
     info = dict(info)
-    for key in ("train", "align", "images"):
+    for key in ("train", "align", "images", "prior", "scenes"):
         info[key] = str(root / info[key])
     info["eval"] = {name: str(root / path) for name, path in info["eval"].items()}
     return info
