@@ -103,4 +103,6 @@ def test_a_rank_holds_the_manifest_not_the_records(tmp_path: Path) -> None:
                              check=True).stdout
         peaks[n] = int(out.split()[-1]) * 1024  # kB
     per_record = (peaks[12_000] - peaks[2_000]) / 10_000
-    assert per_record < 1_500, f"{per_record:.0f} bytes held per record"
+    print(f"{per_record:.0f} bytes a record")
+    # 500 MB over 655K more records (the target at the real mix's size, manifest included) is ~760 bytes a record
+    assert per_record < 750, f"{per_record:.0f} bytes held per record"
