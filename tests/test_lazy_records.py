@@ -38,19 +38,24 @@ def _same(lazy_record, loaded_record) -> None:
     assert lazy_record.image_paths == loaded_record.image_paths
 
 
-@pytest.mark.parametrize("kind", ["json", "jsonl"])
+@pytest.mark.parametrize("kind", ["json", "jsonl", "parquet"])
 def test_lazy_records_are_the_loaded_records(tmp_path: Path, kind: str) -> None:
     """Byte offsets survive non-ASCII text, a byte-order mark, CRLF line ends, blank lines and pretty-printing."""
     records = [_record(i, "naïve café ☕ \u2028 日本語" if i % 2 else "plain") for i in range(12)]
     data = tmp_path / f"data.{kind}"
     if kind == "json":
         data.write_bytes(b"\xef\xbb\xbf" + json.dumps(records, ensure_ascii=False, indent=2).encode("utf-8"))
+    elif kind == "parquet":
+        import pyarrow as pa
+        import pyarrow.parquet as pq
+
+        pq.write_table(pa.Table.from_pylist(records), data)
     else:
         lines = [json.dumps(r, ensure_ascii=False) for r in records]
         lines.insert(3, "   ")
         data.write_bytes(b"\xef\xbb\xbf" + ("\r\n".join(lines) + "\n\n").encode("utf-8"))
     run = _prepare(data, tmp_path / "run")
-    assert (run / RECORDS_INDEX).is_file()
+    assert (run / RECORDS_INDEX).is_file() == (kind != "parquet")  # Parquet records are rows: no index
     loaded, _ = load_prepared(run)
     lazy, _ = load_prepared(run, lazy=True)
     assert len(lazy.records) == len(loaded.records) == 12

@@ -125,11 +125,9 @@ class LazyRecords(Sequence[Record]):
     `records[k]` is a new `Record` every time; `records.take(positions)` is a view of some of them (no parsing).
     """
 
-    def __init__(self, source: _Source, indices: np.ndarray | None = None,
-                 statuses: dict[int, str] | None = None) -> None:
+    def __init__(self, source: _Source, indices: np.ndarray | None = None) -> None:
         self._source = source
         self._indices = indices
-        self._statuses = statuses if statuses is not None else {}
 
     @property
     def path(self) -> Path:
@@ -152,10 +150,8 @@ class LazyRecords(Sequence[Record]):
         if isinstance(k, slice):
             return self.take(range(len(self))[k])
         index = self.index_at(k)
-        status = self._statuses.get(index, STATUS_OK if self._source.ok[index] else None)
-        if status is None:
-            status = "skipped"  # not ok at prepare: never a stage's candidate; its reason is in the manifest
-        return self._source.record(index, status)
+        # A record prepare skipped is never a stage's candidate; its reason is in the manifest.
+        return self._source.record(index, STATUS_OK if self._source.ok[index] else "skipped")
 
     def __iter__(self) -> Iterator[Record]:
         for k in range(len(self)):
@@ -164,7 +160,7 @@ class LazyRecords(Sequence[Record]):
     def take(self, positions: Sequence[int]) -> LazyRecords:
         """The records at `positions` of this view, as a view (nothing parsed)."""
         chosen = np.asarray([self.index_at(int(p)) for p in positions], dtype=np.int64)
-        return LazyRecords(self._source, chosen, self._statuses)
+        return LazyRecords(self._source, chosen)
 
     def tasks(self) -> list[str]:
         """Each record's task, without parsing any record."""
