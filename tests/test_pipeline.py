@@ -28,7 +28,7 @@ def test_run_directory_holds_exactly_the_documented_files(small_run: Path):
     top = {p.name for p in small_run.iterdir()}
     assert top == {
         "prepare.json", "manifest.jsonl", "base_model", "warmup", "features", "tasks.json", "select.json", "subset.json", "tive.log",
-        "config.yaml", "report.html",
+        "config.yaml", "report.html", "records_index.npz",
     }
     assert {p.name for p in (small_run / "warmup").iterdir()} == {"adapter", "train_log.jsonl", "warmup.json"}
     assert {p.name for p in (small_run / "warmup" / "adapter").iterdir()} >= {

@@ -21,6 +21,8 @@ Layout (every file is written to a temporary name and moved into place; markers 
     report.html               what was selected and why, self-contained (`tive report` rewrites it)
     baselines/, baselines.json  `tive baseline`'s subsets (the input's format) and what each is
     export/                   `tive export`'s trainer files and lmms-eval script
+    records_index.npz         JSON / JSONL input: each record's byte offset and length (+ the input's SHA-256), so
+                              that a later stage reads only the records it needs (`tive.data.lazy`)
     tive.log                  a log of every stage run in this directory
 """
 
@@ -38,7 +40,7 @@ from tive.data.formats import dataset_sha256
 from tive.data.images import resolve_image_paths
 from tive.data.records import STATUS_OK
 from tive.errors import TiveError
-from tive.io import read_json, read_jsonl, write_jsonl
+from tive.io import read_json, write_jsonl
 
 PREPARE_FILE = "prepare.json"
 MANIFEST_FILE = "manifest.jsonl"
@@ -52,6 +54,7 @@ TRAIN_LOG = "train_log.jsonl"
 ADAPTER_DIR = "adapter"
 ADAPTER_WEIGHTS = "adapter_model.safetensors"
 FEATURES_DIR = "features"
+RECORDS_INDEX = "records_index.npz"
 
 MANIFEST_FIELDS = ("index", "id", "task", "status", "grad_norm", "value", "selected")
 
@@ -90,7 +93,7 @@ def read_manifest(run_dir: Path) -> list[dict[str, Any]]:
     path = run_dir / MANIFEST_FILE
     if not path.is_file():
         raise TiveError(f"{path}: missing; run `tive prepare DATA --out {run_dir}` first")
-    rows = read_jsonl(path)
+    rows = _read_rows(path)
     for position, row in enumerate(rows):
         for name in ("index", "id", "task", "status"):
             if name not in row:
@@ -103,6 +106,24 @@ def read_manifest(run_dir: Path) -> list[dict[str, Any]]:
         elif not isinstance(task, str):
             raise TiveError(f"{path}: line {position + 1} (record {row['index']}, id {row['id']!r}) has task "
                             f"{json.dumps(task)}; a task name is a string (or a number, read as one)")
+    return rows
+
+
+def _read_rows(path: Path) -> list[dict[str, Any]]:
+    """The manifest's lines as dicts, compactly: every row shares one copy of each key and of each task and status
+    name (json.loads makes new ones per line), so that a rank holding 665K rows holds ~370 bytes a row, not ~860."""
+    shared: dict[str, str] = {}
+    rows = []
+    with open(path, encoding="utf-8") as handle:
+        for line in handle:
+            if not line.strip():
+                continue
+            row = {}
+            for key, value in json.loads(line).items():
+                if key in ("task", "status") and isinstance(value, str):
+                    value = shared.setdefault(value, value)
+                row[shared.setdefault(key, key)] = value
+            rows.append(row)
     return rows
 
 
@@ -123,11 +144,58 @@ def candidate_rows(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
     return [row for row in rows if row["status"] == STATUS_OK or row["status"].startswith(FEATURES_SKIP)]
 
 
-def load_prepared(run_dir: Path) -> tuple[Dataset, dict[str, Any]]:
+def write_records_index(run_dir: Path, data_path: Path, fmt: str, sha256: str) -> None:
+    """Write `records_index.npz` for a JSON or JSONL input (nothing for Parquet and `datasets`: their records are
+    rows): each record's byte offset and length, and the SHA-256 of the input it indexes."""
+    import os
+
+    import numpy as np
+
+    from tive.data.formats import FORMAT_JSON, FORMAT_JSONL
+    from tive.data.lazy import build_record_index
+
+    if fmt not in (FORMAT_JSON, FORMAT_JSONL):
+        return
+    spans = build_record_index(data_path, fmt)
+    tmp = run_dir / f".{RECORDS_INDEX}.{os.getpid()}.tmp"
+    with open(tmp, "wb") as handle:
+        np.savez(handle, spans=spans, sha256=np.asarray(sha256))
+    os.replace(tmp, run_dir / RECORDS_INDEX)
+
+
+def _records_index(run_dir: Path, info: dict[str, Any]) -> Any:
+    """The record index of a JSON / JSONL run (built and written now for a run prepared before it existed, or whose
+    index does not match the input); None for Parquet and `datasets`."""
+    import numpy as np
+
+    from tive.data.formats import FORMAT_JSON, FORMAT_JSONL
+
+    if info["format"] not in (FORMAT_JSON, FORMAT_JSONL):
+        return None
+    path = run_dir / RECORDS_INDEX
+    if path.is_file():
+        with np.load(path) as stored:
+            if str(stored["sha256"]) == info["data_sha256"]:
+                return stored["spans"]
+    log.info("building %s", path)
+    from tive.stages.common import say
+
+    say(f"{run_dir}: indexing the input's records once ({RECORDS_INDEX}; a run prepared before tive wrote it)")
+    write_records_index(run_dir, Path(info["data"]), info["format"], info["data_sha256"])
+    with np.load(path) as stored:
+        return stored["spans"]
+
+
+def load_prepared(run_dir: Path, lazy: bool = False,
+                  rows: list[dict[str, Any]] | None = None) -> tuple[Dataset, dict[str, Any]]:
     """Re-read the prepared input with the tasks and statuses prepare recorded.
 
     The input file must be unchanged since prepare (same SHA-256): features and selections refer to records by
     position, so a changed file would silently misalign them.
+
+    With `lazy`, the dataset's `records` is a `tive.data.lazy.LazyRecords`: each record is read from the input
+    and parsed when indexed and not kept, so that a stage that needs a sample or a chunk holds only those (a rank's
+    memory does not grow with the dataset). `rows` is the manifest when the caller has already read it.
     """
     info_path = run_dir / PREPARE_FILE
     if not info_path.is_file():
@@ -140,8 +208,15 @@ def load_prepared(run_dir: Path) -> tuple[Dataset, dict[str, Any]]:
         raise TiveError(
             f"{data_path}: changed since `tive prepare` (SHA-256 differs); prepare again into a new run directory"
         )
+    if rows is None:
+        rows = read_manifest(run_dir)
+    if lazy:
+        from tive.data.lazy import lazy_records
+
+        records = lazy_records(data_path, info["format"], _records_index(run_dir, info), rows, info.get("images"),
+                               lambda status: status == STATUS_OK or status.startswith(FEATURES_SKIP))
+        return Dataset(path=data_path, format=info["format"], records=records, raw_lines=None), info  # type: ignore[arg-type]
     dataset = load_dataset(data_path)
-    rows = read_manifest(run_dir)
     if len(rows) != len(dataset.records):
         raise TiveError(f"{run_dir / MANIFEST_FILE}: {len(rows)} rows but {data_path} has {len(dataset.records)} records")
     for record, row in zip(dataset.records, rows):

@@ -299,6 +299,26 @@ def _json_list_elements(text: str) -> Iterator[Any]:
             position += 1
 
 
+def _json_list_elements_positions(text: str) -> Iterator[tuple[int, int]]:
+    """(start, end) character positions in `text` of each element of a JSON list, decoded one at a time and not
+    kept (for the record index of `tive.data.lazy`)."""
+    decoder = json.JSONDecoder()
+    whitespace = " \t\n\r"
+    position = len(text) - len(text.lstrip(whitespace)) + 1  # past "["
+    while True:
+        while text[position] in whitespace:
+            position += 1
+        if text[position] == "]":
+            return
+        start = position
+        _, position = decoder.raw_decode(text, position)
+        yield start, position
+        while text[position] in whitespace:
+            position += 1
+        if text[position] == ",":
+            position += 1
+
+
 def _refuse_single_json_object(path: Path, text: str) -> None:
     """Give the clear error for a pretty-printed JSON object where a list of records was expected."""
     try:

@@ -185,7 +185,9 @@ def plan_batches(chunks: Sequence[tuple[int, Sequence[Record]]], batch_size: int
         starts = range(0, len(order), batch_size)
         for start in starts:
             positions = order[start : start + batch_size]
-            planned.append(((chunk, positions, start + batch_size >= len(order)), [records[p] for p in positions]))
+            # A lazy chunk (`LazyRecords`) gives a view: its records are read when the batch is encoded.
+            batch = records.take(positions) if hasattr(records, "take") else [records[p] for p in positions]
+            planned.append(((chunk, positions, start + batch_size >= len(order)), batch))
     return planned
 
 

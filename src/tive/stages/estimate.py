@@ -61,13 +61,13 @@ def _estimate(run_dir: Path, warmup: WarmupOptions, features: FeaturesOptions, o
     rows = candidate_rows(read_manifest(run_dir))
     if not rows:
         raise TiveError(f"{run_dir}: no record has status ok; nothing to estimate")
-    dataset, _ = load_prepared(run_dir)
-    records = [dataset.records[row["index"]] for row in rows]
+    dataset, _ = load_prepared(run_dir, lazy=True)  # the samples read when drawn
+    records = dataset.records.take([row["index"] for row in rows])
     base_dir = _base_model_dir(run_dir, warmup.model)
     if warmup.model in BUILTIN_DEFAULTS and not (run_dir / BASE_MODEL_DIR / "config.json").is_file():
         from tive.model.tiny import build_tiny_model
 
-        build_tiny_model(base_dir, [t.text() for r in records for t in r.turns], seed=warmup.seed, preset=warmup.model)
+        build_tiny_model(base_dir, (t.text() for r in records for t in r.turns), seed=warmup.seed, preset=warmup.model)
     device = resolve_device(features.device)
     rng = np.random.default_rng(warmup.seed)
     scratch = run_dir / "estimate.tmp"

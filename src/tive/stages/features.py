@@ -188,16 +188,16 @@ def _compute(run_dir: Path, options: FeaturesOptions, launch: Launch, warm: dict
         # One GPU per local rank; where the scheduler binds one GPU to each task (srun --gpus-per-task 1) every
         # task sees a single device 0.
         device = f"cuda:{launch.local_rank % max(1, torch.cuda.device_count())}"
-    dataset, _ = load_prepared(run_dir)
+    dataset, _ = load_prepared(run_dir, lazy=True)  # records read when computed: memory flat in the dataset's size
     model, processor = load_with_adapter(Path(warm["model_dir"]), run_dir / WARMUP_DIR / ADAPTER_DIR, device,
                                          options.dtype)
     job = make_extraction(model, processor, options, device, launch.describe(), launch.world)
     projector, grad_dim = job.projector, job.described["grad_dim"]
-    chunks = [(chunk, [dataset.records[row["index"]] for row in chunk_rows[chunk]]) for chunk in mine]
+    chunks = [(chunk, dataset.records.take([row["index"] for row in chunk_rows[chunk]])) for chunk in mine]
     n_records = sum(len(records) for _, records in chunks)
     done = sum(len(rows) for chunk, rows in enumerate(chunk_rows) if store.has_chunk(chunk))
     # Probed with the longest record of this process's whole share: a later, longer chunk must fit too.
-    share = [record for _, records in chunks for record in records]
+    share = dataset.records.take([row["index"] for chunk in mine for row in chunk_rows[chunk]])
     job.batch_size, batch_reason = choose_batch_size(options.grad_batch_size, job, share)
     if options.projector == "dense":
         _check_dense(job, store, chunks[0][1][: job.batch_size], n_records, options.allow_slow_projection,

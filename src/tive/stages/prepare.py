@@ -13,7 +13,7 @@ from tive.data import assign_tasks, check_images, load_dataset
 from tive.data.formats import dataset_sha256
 from tive.errors import TiveError
 from tive.io import read_json, write_json
-from tive.rundir import PREPARE_FILE, open_run_dir, stage_log, write_manifest
+from tive.rundir import PREPARE_FILE, open_run_dir, stage_log, write_manifest, write_records_index
 from tive.stages.common import say
 
 
@@ -111,6 +111,9 @@ def _prepare(data: Path, run_dir: Path, options: PrepareOptions) -> dict[str, An
         {"index": r.index, "id": r.record_id, "task": r.task, "status": r.status} for r in dataset.records
     ]
     write_manifest(run_dir, rows)
+    del rows
+    # The later stages read only the records they need through this index (`tive.data.lazy`).
+    write_records_index(run_dir, data, dataset.format, info["data_sha256"])
     write_json(info_path, info)  # last: prepare's completion marker
     skipped = info["records"] - info["ok"]
     say(f"prepare: {message}")

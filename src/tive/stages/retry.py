@@ -123,8 +123,8 @@ def _compute(run_dir: Path, options: FeaturesOptions, warm: dict[str, Any], stor
     from tive.progress import Progress
 
     device = resolve_device(options.device)
-    dataset, _ = load_prepared(run_dir)
-    records = [dataset.records[index] for index in sorted(retry)]
+    dataset, _ = load_prepared(run_dir, lazy=True)
+    records = dataset.records.take(sorted(retry))
     scratch = FeatureStore(store.dir / RETRY_DIR)
     scratch.start(request, force=True, shared=False)
     model, processor = load_with_adapter(Path(warm["model_dir"]), run_dir / WARMUP_DIR / ADAPTER_DIR, device,

@@ -7,6 +7,7 @@ import os
 import shutil
 import time
 from pathlib import Path
+from collections.abc import Sequence
 from typing import Any
 
 from tive.badrecords import BadRecords, check_policy
@@ -225,18 +226,20 @@ def _warmup(run_dir: Path, options: WarmupOptions, settings: dict[str, Any], sha
     if marker.is_file() and main:
         shutil.rmtree(warm_dir)
     accelerator.wait_for_everyone()
-    dataset, _ = load_prepared(run_dir)
-    ok = [dataset.records[row["index"]] for row in rows]
+    # Records read when used (the sample, the tiny model's texts streamed): memory flat in the dataset's size.
+    dataset, _ = load_prepared(run_dir, lazy=True)
+    ok = dataset.records.take([row["index"] for row in rows])
     if options.model in BUILTIN_DEFAULTS and main:
         from tive.model.tiny import build_tiny_model
 
-        texts = [turn.text() for record in ok for turn in record.turns]
+        texts = (turn.text() for record in ok for turn in record.turns)
         build_tiny_model(base_dir, texts, seed=options.seed, preset=options.model)
     accelerator.wait_for_everyone()
     if options.reference_adapter:
         result = _use_reference_adapter(Path(settings["reference_adapter"]), base_dir, warm_dir, settings, main)
     else:
-        result = _train_reference(base_dir, warm_dir, ok, settings, options, accelerator, dataset.path)
+        result = _train_reference(base_dir, warm_dir, ok, [row["task"] for row in rows], settings, options,
+                                  accelerator, dataset.path)
     result = {
         "settings": settings,
         "model_dir": str(base_dir),
@@ -379,7 +382,8 @@ def _use_reference_adapter(
 
 
 def _train_reference(
-    base_dir: Path, warm_dir: Path, ok: list[Any], settings: dict[str, Any], options: WarmupOptions,
+    base_dir: Path, warm_dir: Path, ok: Sequence[Any], tasks: list[str], settings: dict[str, Any],
+    options: WarmupOptions,
     accelerator: Any, data_path: Path,
 ) -> dict[str, Any]:
     """LoRA warm-up of the base model on a task-balanced sample of `ok`; saves warm_dir/adapter (rank 0)."""
@@ -409,7 +413,7 @@ def _train_reference(
     if options.gradient_checkpointing:
         enable_gradient_checkpointing(model)
     encoder = Encoder(processor, settings["max_length"])
-    positions = warmup_sample([r.task for r in ok], settings["warmup_fraction"], options.seed)
+    positions = warmup_sample(tasks, settings["warmup_fraction"], options.seed)  # ok's tasks, without reading ok
     warm_records = [ok[p] for p in positions]
     plan = BatchPlan.make(settings["batch_size"], options.per_device_batch_size, world)
     if main:
