@@ -166,3 +166,22 @@ def test_every_shard_shows_its_progress_and_rank_0_the_launchs(warm_run: Path, c
     assert result.returncode == 0, result.stderr[-3000:]
     assert re.search(r"features \(2 ranks\): \d+/140 rec", result.stderr), result.stderr[-3000:]
     assert "features: 64/64 rec" not in result.stderr  # rank 1 shows none
+
+
+def test_rank_0_counts_the_launch_from_the_chunks_missing_at_the_start():
+    """Rank 0's total is what the launch had to compute when the stage started: a peer that commits its chunks
+    before rank 0's display opens (rank 0 loading slower) still counts, in the total and in the done count."""
+    from tive.launch import Launch
+    from tive.stages.features import _progress
+
+    class Store:  # rank 1's chunks (1, 3) were committed before rank 0 opened its display
+        def has_chunk(self, chunk: int) -> bool:
+            return chunk in (1, 3)
+
+    chunk_rows = [[{}] * 32, [{}] * 32, [{}] * 32, [{}] * 32, [{}] * 12]
+    options = FeaturesOptions(progress_interval=30.0)
+    launch = Launch(rank=0, world=2, kind="torchrun")
+    progress = _progress(options, launch, Store(), chunk_rows, [0, 1, 2, 3, 4], n_records=76)
+    assert progress.total == 140 and progress.others() == 64
+    resumed = _progress(options, launch, Store(), chunk_rows, [0, 2, 4], n_records=76)  # 1, 3 done before: not ours
+    assert resumed.total == 76 and resumed.others() == 0

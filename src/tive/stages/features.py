@@ -170,14 +170,16 @@ def _features(run_dir: Path, options: FeaturesOptions, launch: Launch) -> dict[s
     missing = store.missing_chunks(len(chunk_rows))
     mine = [chunk for chunk in missing if launch.owns(chunk)]
     if mine:
-        _compute(run_dir, options, launch, warm, store, chunk_rows, mine, len(candidates))
+        _compute(run_dir, options, launch, warm, store, chunk_rows, missing, len(candidates))
     return complete_features(run_dir, store, wait=launch.concurrent and launch.rank == 0, launch=launch,
                              wait_timeout=options.wait_timeout)
 
 
 def _compute(run_dir: Path, options: FeaturesOptions, launch: Launch, warm: dict[str, Any], store: FeatureStore,
-             chunk_rows: list[list[dict[str, Any]]], mine: list[int], n_candidates: int) -> None:
-    """Load the reference model and compute this process's chunks."""
+             chunk_rows: list[list[dict[str, Any]]], missing: list[int], n_candidates: int) -> None:
+    """Load the reference model and compute this process's chunks (those of `missing`, the chunks the launch
+    found still to compute when it started, that it owns)."""
+    mine = [chunk for chunk in missing if launch.owns(chunk)]
     from tive.features.extract import choose_batch_size, extract_chunks, make_extraction
     from tive.model.loading import load_with_adapter, resolve_device
 
@@ -213,17 +215,18 @@ def _compute(run_dir: Path, options: FeaturesOptions, launch: Launch, warm: dict
     )
     bad = BadRecords("features", dataset.path, options.on_bad_record, options.max_bad_fraction, n_records)
     started = time.perf_counter()
-    with _progress(options, launch, store, chunk_rows, n_records) as progress:
+    with _progress(options, launch, store, chunk_rows, missing, n_records) as progress:
         extract_chunks(job, chunks, store, bad, progress, options.loader_workers)
     say(f"features: {n_records} records in {time.perf_counter() - started:.1f} s on {launch.describe()}"
         + (f"; {bad.summary()}" if bad.reasons else ""))
 
 
 def _progress(options: FeaturesOptions, launch: Launch, store: FeatureStore, chunk_rows: list[list[dict[str, Any]]],
-              n_records: int) -> Any:
+              missing: list[int], n_records: int) -> Any:
     """The features' progress display. Every independent shard (array task, --shard) and a single process show
     their own; of a torchrun / srun launch, rank 0 shows the launch's (its records and those of the chunks the other
-    ranks commit, against all the launch computes) and the other ranks none."""
+    ranks commit, against all the launch computes: the chunks missing when the stage started, fixed then, so a rank
+    that commits its chunks before rank 0's display starts still counts) and the other ranks none."""
     from tive.progress import Progress
 
     if not launch.concurrent:
@@ -231,7 +234,7 @@ def _progress(options: FeaturesOptions, launch: Launch, store: FeatureStore, chu
         return Progress(desc, n_records, "rec", 0, options.progress_interval, True)
     if launch.rank != 0:
         return Progress("features", n_records, "rec", 0, options.progress_interval, False)
-    theirs = [chunk for chunk in range(len(chunk_rows)) if not launch.owns(chunk) and not store.has_chunk(chunk)]
+    theirs = [chunk for chunk in missing if not launch.owns(chunk)]
     total = n_records + sum(len(chunk_rows[chunk]) for chunk in theirs)
 
     def others() -> int:
