@@ -34,7 +34,9 @@ def test_tive_run_on_two_ranks_succeeds_and_selects_once(small_data: Path, small
     # Same subset as the single process's run with the same options (the warm-up on two ranks matches one process
     # to float rounding, the selection by seed).
     subset = json.loads((out / "subset.json").read_text())
-    assert len(subset) == len(json.loads((small_run / "subset.json").read_text())) == 28
+    single = json.loads((small_run / "subset.json").read_text())
+    assert len(subset) == len(single) == 28
+    assert [record["id"] for record in subset] == [record["id"] for record in single]
     assert (out / "report.html").is_file() and (out / "tasks.json").is_file()
 
 
