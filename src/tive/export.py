@@ -29,7 +29,7 @@ from typing import Any
 from tive.baseline import read_baselines
 from tive.errors import TiveError
 from tive.io import read_json, write_json, write_text
-from tive.rundir import PREPARE_FILE, TASKS_FILE, open_run_dir, read_manifest, stage_log
+from tive.rundir import PREPARE_FILE, TASKS_FILE, open_run_dir, prepared_input, read_manifest, stage_log
 from tive.stages.common import say
 
 EXPORT_DIR = "export"
@@ -68,21 +68,13 @@ LLAVA15_TRAINING: dict[str, Any] = {
 def datasets_of(run_dir: Path) -> dict[str, Path]:
     """The run's trainable datasets by name: `full` (the input itself, checked unchanged since prepare: the model
     the others are compared with), `subset`, then each baseline (in baselines.json order)."""
-    from tive.data.formats import dataset_sha256
-
     if not (run_dir / TASKS_FILE).is_file():
         raise TiveError(f"{run_dir}: no selection yet; run `tive select {run_dir}` (or `tive run`) first")
     subset = next((p for p in sorted(run_dir.glob("subset*")) if p.name.startswith("subset")), None)
     if subset is None:
         raise TiveError(f"{run_dir}: no subset file (a run on bring-your-own features writes none); nothing to "
                         "export")
-    info = read_json(run_dir / PREPARE_FILE)
-    data = Path(info["data"])
-    if not data.exists():
-        raise TiveError(f"{data}: the input prepared in {run_dir} is gone; restore it or prepare again")
-    if dataset_sha256(data) != info["data_sha256"]:
-        raise TiveError(f"{data}: changed since `tive prepare` (SHA-256 differs); prepare again into a new run "
-                        "directory")
+    data, info = prepared_input(run_dir)
     found = {"full": data.resolve(), "subset": subset}
     size = sum(int(row.get("selected") or 0) for row in read_manifest(run_dir))
     for name, entry in read_baselines(run_dir).items():

@@ -186,6 +186,24 @@ def _records_index(run_dir: Path, info: dict[str, Any]) -> Any:
         return stored["spans"]
 
 
+def prepared_input(run_dir: Path) -> tuple[Path, dict[str, Any]]:
+    """The input `tive prepare` read, and its prepare.json, checked unchanged since (same SHA-256).
+
+    Raises:
+        TiveError: the input is gone or changed (records are referred to by position: a changed file would
+            misalign them).
+    """
+    info = read_json(run_dir / PREPARE_FILE)
+    data_path = Path(info["data"])
+    if not data_path.exists():
+        raise TiveError(f"{data_path}: the input prepared in {run_dir} is gone; restore it or prepare again")
+    if dataset_sha256(data_path) != info["data_sha256"]:
+        raise TiveError(
+            f"{data_path}: changed since `tive prepare` (SHA-256 differs); prepare again into a new run directory"
+        )
+    return data_path, info
+
+
 def load_prepared(run_dir: Path, lazy: bool = False,
                   rows: list[dict[str, Any]] | None = None) -> tuple[Dataset, dict[str, Any]]:
     """Re-read the prepared input with the tasks and statuses prepare recorded.
@@ -200,14 +218,7 @@ def load_prepared(run_dir: Path, lazy: bool = False,
     info_path = run_dir / PREPARE_FILE
     if not info_path.is_file():
         raise TiveError(f"{info_path}: missing; run `tive prepare DATA --out {run_dir}` first")
-    info = read_json(info_path)
-    data_path = Path(info["data"])
-    if not data_path.exists():
-        raise TiveError(f"{data_path}: the input prepared in {run_dir} is gone; restore it or prepare again")
-    if dataset_sha256(data_path) != info["data_sha256"]:
-        raise TiveError(
-            f"{data_path}: changed since `tive prepare` (SHA-256 differs); prepare again into a new run directory"
-        )
+    data_path, info = prepared_input(run_dir)
     if rows is None:
         rows = read_manifest(run_dir)
     if lazy:

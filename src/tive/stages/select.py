@@ -16,9 +16,9 @@ from typing import Any
 import numpy as np
 
 from tive.config import SelectOptions, write_run_config
-from tive.data.formats import dataset_sha256, write_subset_from_input
+from tive.data.formats import write_subset_from_input
 from tive.errors import TiveError
-from tive.io import read_json, write_json
+from tive.io import write_json
 from tive.report import task_table, write_report
 from tive.rundir import (
     FEATURES_DIR,
@@ -27,6 +27,7 @@ from tive.rundir import (
     TASKS_FILE,
     ok_rows,
     open_run_dir,
+    prepared_input,
     read_manifest,
     stage_log,
     write_manifest,
@@ -167,13 +168,7 @@ def _write_subset(run_dir: Path, selected: list[int], out_dir: Path | None = Non
     info_path = run_dir / PREPARE_FILE
     if not info_path.is_file():
         return None
-    info = read_json(info_path)
-    data = Path(info["data"])
-    if not data.exists():
-        raise TiveError(f"{data}: the input prepared in {run_dir} is gone; restore it or prepare again")
-    if dataset_sha256(data) != info["data_sha256"]:
-        raise TiveError(f"{data}: changed since `tive prepare` (SHA-256 differs); prepare again into a new run "
-                        "directory")
+    data, info = prepared_input(run_dir)
     return write_subset_from_input(data, info["format"], selected, run_dir if out_dir is None else out_dir,
                                    name=name)
 
