@@ -283,25 +283,19 @@ def _record_lines(text: str) -> Iterator[tuple[int, str]]:
 
 def _json_list_elements(text: str) -> Iterator[Any]:
     """The elements of a JSON list, decoded one at a time (so that only the wanted ones need be kept)."""
-    decoder = json.JSONDecoder()
-    whitespace = " \t\n\r"
-    position = len(text) - len(text.lstrip(whitespace)) + 1  # past "["
-    while True:
-        while text[position] in whitespace:
-            position += 1
-        if text[position] == "]":
-            return
-        value, position = decoder.raw_decode(text, position)
+    for value, _, _ in _json_list_items(text):
         yield value
-        while text[position] in whitespace:
-            position += 1
-        if text[position] == ",":
-            position += 1
 
 
 def _json_list_elements_positions(text: str) -> Iterator[tuple[int, int]]:
     """(start, end) character positions in `text` of each element of a JSON list, decoded one at a time and not
     kept (for the record index of `tive.data.lazy`)."""
+    for _, start, end in _json_list_items(text):
+        yield start, end
+
+
+def _json_list_items(text: str) -> Iterator[tuple[Any, int, int]]:
+    """(element, start, end) of each element of a JSON list, in order, decoded one at a time."""
     decoder = json.JSONDecoder()
     whitespace = " \t\n\r"
     position = len(text) - len(text.lstrip(whitespace)) + 1  # past "["
@@ -311,8 +305,8 @@ def _json_list_elements_positions(text: str) -> Iterator[tuple[int, int]]:
         if text[position] == "]":
             return
         start = position
-        _, position = decoder.raw_decode(text, position)
-        yield start, position
+        value, position = decoder.raw_decode(text, position)
+        yield value, start, position
         while text[position] in whitespace:
             position += 1
         if text[position] == ",":
