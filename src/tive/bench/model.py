@@ -203,11 +203,8 @@ def build_slot_base(base_dir: Path, prior_root: Path, train: Sequence[Record], a
         "table": sha256_json(table),
     })
     marker = base_dir / BASE_MARKER
-    if marker.is_file():
-        old = json.loads(marker.read_text())
-        if old.get("key") == key:
-            say(f"bench: base model already built ({base_dir})")
-            return {**old, "cached": True}
+    if (cached := _cached_base(base_dir, key, say)) is not None:
+        return cached
     started = time.perf_counter()
     if base_dir.exists():
         shutil.rmtree(base_dir)
@@ -240,6 +237,17 @@ def build_slot_base(base_dir: Path, prior_root: Path, train: Sequence[Record], a
     return info
 
 
+def _cached_base(base_dir: Path, key: str, say: Any) -> dict[str, Any] | None:
+    """The base model's marker when `base_dir` already holds the base made for `key` (said), else None."""
+    marker = base_dir / BASE_MARKER
+    if marker.is_file():
+        old = json.loads(marker.read_text())
+        if old.get("key") == key:
+            say(f"bench: base model already built ({base_dir})")
+            return {**old, "cached": True}
+    return None
+
+
 def build_base(base_dir: Path, train: Sequence[Record], align: Sequence[Record], settings: BaseSettings,
                say: Any = print, vision: Sequence[Record] | None = None,
                vision_source: str = "alignment records") -> dict[str, Any]:
@@ -265,11 +273,8 @@ def build_base(base_dir: Path, train: Sequence[Record], align: Sequence[Record],
         "align": [record_content(r) for r in align],
         "vision": [record_content(r) for r in vision],
     })
-    if marker.is_file():
-        old = json.loads(marker.read_text())
-        if old.get("key") == key:
-            say(f"bench: base model already built ({base_dir})")
-            return {**old, "cached": True}
+    if (cached := _cached_base(base_dir, key, say)) is not None:
+        return cached
     started = time.perf_counter()
     texts = [turn.text() for record in (*train, *align) for turn in record.turns]
     build_tiny_model(base_dir, texts, seed=settings.seed, vocab_size=settings.vocab_size)

@@ -103,18 +103,30 @@ def complete_store(run_dir: Path, store: FeatureStore, process: str, wait: bool,
             time.sleep(POLL_SECONDS)
 
 
+def store_state(run_dir: Path, store: FeatureStore) -> tuple[dict[str, Any], list[list[int]] | None, list[int]]:
+    """(meta.json, per chunk its records, the chunks still missing) of a started store; of a complete one
+    (its meta.json after the manifest is brought up to date, None, []).
+
+    Raises:
+        TiveError: no store has been started, or it was started for other records.
+    """
+    meta = store.meta()
+    if meta is None:
+        raise TiveError(f"{store.dir}: no features here; run `tive features {run_dir}`")
+    if meta.get("complete"):
+        return sync_manifest(run_dir, store), None, []
+    chunk_records = chunk_records_of(run_dir, store, meta)
+    return meta, chunk_records, store.missing_chunks(len(chunk_records))
+
+
 def complete_when_done(run_dir: Path, store: FeatureStore, process: str,
                        wait_timeout: float = 3600.0) -> dict[str, Any]:
     """What a stage that needs a complete store asks (`tive score`): the complete store's meta.json, completing it
     here when every chunk is done (or waiting for the process completing it); with chunks still to compute, the
     meta.json as it is, after saying which shards owe them."""
-    meta = store.meta()
-    if meta is None:
-        raise TiveError(f"{store.dir}: no features here; run `tive features {run_dir}`")
-    if meta.get("complete"):
-        return sync_manifest(run_dir, store)
-    chunk_records = chunk_records_of(run_dir, store, meta)
-    missing = store.missing_chunks(len(chunk_records))
+    meta, chunk_records, missing = store_state(run_dir, store)
+    if chunk_records is None:
+        return meta
     if missing:
         shards = store.chunk_world()
         owners = sorted({chunk % shards for chunk in missing})

@@ -17,7 +17,7 @@ from typing import Any
 from tive.badrecords import BadRecords, check_policy
 from tive.config import FeaturesOptions, write_run_config
 from tive.errors import TiveError
-from tive.features.completion import chunk_records_of, complete_store, listed, sync_manifest
+from tive.features.completion import complete_store, listed, store_state, sync_manifest
 from tive.features.store import FEATURE_DTYPES, FeatureStore
 from tive.io import read_json, sha256_file, sha256_json
 from tive.launch import Launch, detect_launch
@@ -282,13 +282,9 @@ def complete_features(run_dir: Path, store: FeatureStore, wait: bool = False,
     and with chunks missing, returns the store's meta.json as it is and says what is missing. With `wait`, gives up
     (naming the missing chunks) after `wait_timeout` seconds without a new chunk.
     """
-    meta = store.meta()
-    if meta is None:
-        raise TiveError(f"{store.dir}: no features here; run `tive features {run_dir}`")
-    if meta.get("complete"):
-        return sync_manifest(run_dir, store)
-    chunk_records = chunk_records_of(run_dir, store, meta)
-    missing = store.missing_chunks(len(chunk_records))
+    meta, chunk_records, missing = store_state(run_dir, store)
+    if chunk_records is None:
+        return meta
     if missing and wait:
         say(f"features: waiting for {len(missing)} chunk(s) of the other ranks")
         last_news = time.monotonic()
