@@ -5,7 +5,7 @@ them (a sample, a chunk). They get a `LazyRecords`: a `Sequence[Record]` that se
 when it is indexed, and keeps nothing. What it needs per record is a compact index:
 
 - JSON lines and a JSON list: each record's byte offset and length in the file (`build_record_index`, written by
-  prepare as `records_index.npy`, built again by a later stage for a run prepared before it existed);
+  prepare as `records_index.npz`, built again by a later stage for a run prepared before it existed);
 - Parquet and `datasets`: the row number (no index needed; the table is opened once, `datasets` memory-mapped).
 
 The task and status of each record come from the manifest, as small integer codes; file images resolve under the
@@ -109,7 +109,7 @@ class _Source:
                 raw = json.loads(self._handle.read(length).decode("utf-8"))
             except (UnicodeDecodeError, json.JSONDecodeError) as error:
                 raise TiveError(f"{self.path}: record {index} cannot be read at byte {offset} ({error}); the input "
-                                "or its index (records_index.npy in the run directory) changed since prepare; "
+                                "or its index (records_index.npz in the run directory) changed since prepare; "
                                 "prepare again into a new run directory") from None
             record = parse_record(raw, index, self.path)
         record.task = self.task_names[int(self.task_codes[index])]
