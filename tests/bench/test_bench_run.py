@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 
 from tive.bench.model import BaseSettings, Recipe
-from tive.bench.runner import Inputs, Plan, SelectionSettings, run_bench, world_inputs
+from tive.bench.runner import Inputs, Plan, SelectionSettings, run_bench, run_worlds, world_inputs
 from tive.bench.world import WorldSizes
 from tive.errors import TiveError
 
@@ -37,7 +37,8 @@ def test_outputs_and_schema(bench: tuple[Path, dict]) -> None:
     expected = {("full", 1.0), ("tive", 0.15), ("random", 0.15), ("grad_norm", 0.15)}
     assert {(r["method"], r["budget"]) for r in results["runs"]} == expected
     for run in results["runs"]:
-        assert {"method", "budget", "seed", "scores", "average"} <= set(run)
+        assert {"world", "method", "budget", "recipe", "seed", "scores", "average"} <= set(run)
+        assert run["world"] == "clean"
         assert set(run["scores"]) == set(results["benchmarks"])
         assert all(0.0 <= v <= 100.0 for v in run["scores"].values())
         assert run["average"] == pytest.approx(sum(run["scores"].values()) / len(run["scores"]))
@@ -139,3 +140,29 @@ def test_user_data_errors(tmp_path: Path) -> None:
     data.write_text("[]")
     assert main(["bench", "--out", str(tmp_path / "o"), "--train", str(data)]) == 2
     assert main(["bench", "--out", str(tmp_path / "o"), "--budgets", "0.1,abc"]) == 2
+
+
+def test_worlds_share_one_base_and_the_controls_run_where_defects_are(tmp_path: Path) -> None:
+    # Issue 19, items 4-7: clean and mixed in one run; one base model (trained once) serves both; the controls run
+    # in the world with known defects only; results.json holds every run with its world and the defect table.
+    plan = dataclasses.replace(PLAN, ablations=("clean_oracle", "task_oracle"))
+    out = tmp_path / "both"
+    results = run_worlds(out, 2, ("clean", "mixed"), SIZES, plan, BASE, SELECTION)
+    assert results["worlds"] == ["clean", "mixed"]
+    runs = {(r["world"], r["method"]) for r in results["runs"]}
+    assert runs == {("clean", m) for m in ("full", "tive", "random")} | {
+        ("mixed", m) for m in ("full", "tive", "random", "clean_oracle", "task_oracle")}
+    assert set(results["chance"]) == set(results["benchmarks"]) and results["items"]["pope"] == SIZES.eval
+    assert results["defects"]["clean"] == {}
+    mixed = results["defects"]["mixed"]
+    assert set(mixed) == {"tive", "random", "clean_oracle", "task_oracle"}
+    assert mixed["clean_oracle"]["chosen_share"] == {"wrong_answer": 0.0, "off_format": 0.0, "near_duplicate": 0.0}
+    assert mixed["task_oracle"]["task_share"] == {"colors": 0.0, "quiz": 0.0}
+    assert mixed["tive"]["auroc"]["wrong_answer"] is not None and mixed["random"]["auroc"]["wrong_answer"] is None
+    assert json.loads((out / "results.json").read_text())["runs"] == results["runs"]
+    text = (out / "results.md").read_text()
+    assert "## World `mixed`" in text and "Known defects" in text and "Paired against random" in text
+    base = json.loads((out / "base" / "bench_base.json").read_text())
+    assert not (out / "clean" / "base").exists() and not (out / "mixed" / "base").exists()
+    assert results["timing"]["worlds"]["mixed"]["base_model_cached"] is True
+    assert base["key"]

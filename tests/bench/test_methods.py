@@ -8,7 +8,8 @@ import numpy as np
 import pytest
 
 from tive.bench.methods import METHODS, Signals, choose_subset, task_shares
-from tive.bench.runner import Plan, plan_jobs
+from tive.bench.model import RECIPES
+from tive.bench.runner import ABLATIONS, Plan, plan_jobs
 from tive.errors import TiveError
 from tive.select import budget_count
 
@@ -23,7 +24,8 @@ def _signals(n: int = 997, seed: int = 0) -> Signals:
     features = centres[rng.integers(12, size=n)] + 0.3 * rng.standard_normal((n, 16))
     features /= np.linalg.norm(features, axis=1, keepdims=True)
     return Signals(tasks=tasks, grad_norms=norms, values=rng.uniform(-1, 1, n), task_values=t_values,
-                   el2n=rng.uniform(0, 1.4, n), answer_tokens=rng.integers(1, 60, n), features=features)
+                   el2n=rng.uniform(0, 1.4, n), answer_tokens=rng.integers(1, 60, n), features=features,
+                   defective=rng.random(n) < 0.1, oracle_skip_tasks=("hard",))
 
 
 @pytest.mark.parametrize("budget", [0.05, 0.1, 0.15, 0.3])
@@ -71,7 +73,7 @@ def test_heuristics_take_the_top() -> None:
 
 def test_plan_gives_equal_sizes_per_budget() -> None:
     signals = _signals()
-    jobs = plan_jobs(Plan(), signals)
+    jobs = plan_jobs(Plan(budgets=(0.05, 0.1, 0.15, 0.3), seeds=3, ablations=ABLATIONS, recipes=RECIPES), signals)
     sizes: dict[float, set[int]] = {}
     for job in jobs:
         sizes.setdefault(job["budget"], set()).add(len(job["positions"]))
@@ -175,3 +177,55 @@ def test_excluded_tasks_get_nothing_and_the_budget_goes_elsewhere() -> None:
     chosen = choose_subset("tive", s, 0.2, 0)
     shares = task_shares(s, chosen)
     assert shares == {"big": 67, "mid": 133, "small": 0}
+
+
+def test_default_plan_is_sixteen_runs_in_a_clean_world_and_twenty_four_with_defects() -> None:
+    # Issue 19, item 7: at 15%, equal steps, 4 seeds: full, random, random_stratified, tive; the oracles only where
+    # the world has known defects (40 runs over clean and mixed).
+    clean = _signals()
+    clean.defective, clean.oracle_skip_tasks = np.zeros(len(clean.tasks), dtype=bool), ()
+    mixed = _signals()
+    for signals, methods in ((clean, {"full", "random", "random_stratified", "tive"}),
+                             (mixed, {"full", "random", "random_stratified", "tive", "clean_oracle", "task_oracle"})):
+        jobs = plan_jobs(Plan(), signals)
+        count = Counter(job["method"] for job in jobs)
+        assert set(count) == methods and set(count.values()) == {4}
+        assert {job["recipe_name"] for job in jobs} == {"steps"}
+        assert {job["budget"] for job in jobs if job["method"] != "full"} == {0.15}
+    own = _signals()
+    own.defective = None
+    assert {job["method"] for job in plan_jobs(Plan(seeds=1), own)} == {"full", "random", "random_stratified", "tive"}
+
+
+def test_clean_oracle_takes_only_clean_records_in_the_input_shares() -> None:
+    signals = _signals()
+    k = budget_count(0.15, len(signals.tasks))
+    proportional = {t: k * n / len(signals.tasks) for t, n in signals.task_sizes.items()}
+    for seed in (0, 1):
+        chosen = choose_subset("clean_oracle", signals, 0.15, seed)
+        assert not signals.defective[chosen].any()
+        shares = task_shares(signals, chosen)
+        assert all(abs(shares[t] - proportional[t]) <= 1 for t in shares)
+    assert not np.array_equal(choose_subset("clean_oracle", signals, 0.15, 0),
+                              choose_subset("clean_oracle", signals, 0.15, 1))
+    # A task short of clean records gives its leftover to the others; still exactly k records.
+    signals.defective = np.array([t == "hard" or d for t, d in zip(signals.tasks, signals.defective)])
+    chosen = choose_subset("clean_oracle", signals, 0.15, 0)
+    assert len(chosen) == k and task_shares(signals, chosen)["hard"] == 0
+
+
+def test_task_oracle_skips_the_known_and_trap_tasks() -> None:
+    signals = _signals()
+    k = budget_count(0.15, len(signals.tasks))
+    shares = task_shares(signals, choose_subset("task_oracle", signals, 0.15, 0))
+    assert shares["hard"] == 0 and sum(shares.values()) == k
+    rest = sum(n for t, n in signals.task_sizes.items() if t != "hard")
+    assert all(abs(shares[t] - k * signals.task_sizes[t] / rest) <= 1 for t in shares if t != "hard")
+
+
+def test_oracles_refuse_data_without_a_ground_truth() -> None:
+    signals = _signals()
+    signals.defective = None
+    for method in ("clean_oracle", "task_oracle"):
+        with pytest.raises(TiveError, match="ground truth"):
+            choose_subset(method, signals, 0.15, 0)

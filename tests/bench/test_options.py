@@ -60,6 +60,7 @@ def test_every_flag_is_a_field_and_shows_its_default() -> None:
         for f in flagged_fields(cls):
             flag = flag_of(cls, f.name)
             declared.add(flag)
+            declared.update(f.metadata.get("aliases", ()))
             action = actions[flag]
             assert action.default in (None, False), flag  # the dataclass default applies, not argparse's
             default = default_of(cls, f.name)
@@ -84,9 +85,16 @@ def test_ablation_budget_follows_the_budgets() -> None:
     assert resolve(_args("--budgets", "0.1,0.2", "--ablation-budget", "0.2")).plan.ablation_budget == 0.2
     with pytest.raises(TiveError, match="--ablation-budget 0.2: not one of the budgets"):
         resolve(_args("--budgets", "0.1,0.3", "--ablation-budget", "0.2"))
-    with pytest.raises(TiveError, match="--ablations .*unknown method 'best'"):
-        resolve(_args("--ablations", "el2n,best"))
-    assert resolve(_args("--ablations", "el2n,length")).plan.ablations == ("el2n", "length")
+    with pytest.raises(TiveError, match="--methods .*unknown method 'best'"):
+        resolve(_args("--methods", "el2n,best"))
+    assert resolve(_args("--methods", "el2n,length")).plan.ablations == ("el2n", "length")
+    assert resolve(_args("--ablations", "el2n")).plan.ablations == ("el2n",)  # the older name of --methods
+
+
+def test_worlds_default_to_clean_and_mixed_and_one_kind_runs_alone() -> None:
+    assert resolve(_args()).worlds == ("clean", "mixed")
+    assert resolve(_args("--world", "trap")).worlds == ("trap",)
+    assert resolve(_args("--world", "wrong, size")).worlds == ("wrong", "size")
 
 
 @pytest.mark.parametrize(
@@ -115,6 +123,10 @@ def test_ablation_budget_follows_the_budgets() -> None:
         (["--base-batch-size", "0"], "--base-batch-size 0"),
         (["--train", "t.json", "--eval", "e.json", "--records", "500"], "--records"),
         (["--eval", "e.json"], "go with --train"),
+        (["--world", "dirty"], "--world dirty: choose from clean"),
+        (["--world", "clean,clean"], "named twice"),
+        (["--world", ""], "--world : choose from"),
+        (["--train", "t.json", "--eval", "e.json", "--world", "clean"], "--world: choose or size the built-in"),
         (["--train", "t.json"], "at least one --eval"),
     ],
 )
@@ -127,6 +139,7 @@ def test_bad_values_are_refused_naming_the_flag(flags: list[str], named: str, tm
 
     monkeypatch.setattr(runner, "run_bench", must_not_run)
     monkeypatch.setattr(runner, "world_inputs", must_not_run)
+    monkeypatch.setattr(runner, "run_worlds", must_not_run)
     assert main(["bench", "--out", str(tmp_path / "o"), *flags]) == 2
     assert named in capsys.readouterr().err
 

@@ -28,11 +28,22 @@ class RunFlags:
     out: str | None = opt(None, "output folder (created; a rerun resumes finished work and recomputes what changed)",
                           required=True)
     world_seed: int = opt(0, "seed of the built-in world and of the base model's initialisation", min=0)
+    world: tuple[str, ...] = opt(("clean", "mixed"), "the built-in worlds to run, comma-separated: clean (no "
+                                 "defects), mixed (every defect at once), or one defect alone: wrong, offformat, "
+                                 "duplicates, size, trap", parse=lambda text: tuple(
+                                     p.strip() for p in text.split(",") if p.strip()))
     quick: bool = opt(False, "a small smoke test (3-8 min on 2 cores shared with other jobs): small "
-                      "world, a 300-step prior, 15% only, one seed, 80 steps; flags given as well still apply", action="store_true")
+                      "worlds, a 300-step prior, one seed, 80 steps; flags given as well still apply", action="store_true")
 
     def __post_init__(self) -> None:
+        from tive.bench.world import WORLD_KINDS
+
         check_fields(self)
+        unknown = [kind for kind in self.world if kind not in WORLD_KINDS]
+        if unknown or not self.world:
+            raise TiveError(f"--world {','.join(self.world)}: choose from {', '.join(WORLD_KINDS)} (comma-separated)")
+        if len(set(self.world)) != len(self.world):
+            raise TiveError(f"--world {','.join(self.world)}: a world is named twice")
 
 
 @dataclass
@@ -56,6 +67,7 @@ class BenchConfig:
 
     out: Path
     world_seed: int
+    worlds: tuple[str, ...]
     sizes: Any  # WorldSizes of the built-in world, or None with your own data
     inputs: Any  # runner.Inputs with your own data, or None for the built-in world
     plan: Any
@@ -132,21 +144,24 @@ def resolve(args: argparse.Namespace) -> BenchConfig:
         if any(getattr(own, f.name) for f in flagged_fields(OwnData)):
             raise TiveError("--images, --task-field, --eval and --align go with --train (your own data); "
                             "pass --train DATA too")
-        return BenchConfig(Path(run.out), run.world_seed, settings(WorldSizes), None, plan, base, selection)
-    world_flags = _given_any(WorldSizes, args)
+        return BenchConfig(Path(run.out), run.world_seed, run.world, settings(WorldSizes), None, plan, base,
+                           selection)
+    world_flags = _given_any(WorldSizes, args) + (["--world"] if "world" in given(RunFlags, args) else [])
     if world_flags:
-        raise TiveError(f"{', '.join(world_flags)}: size the built-in world; they do not go with --train")
+        raise TiveError(f"{', '.join(world_flags)}: choose or size the built-in world; they do not go with --train")
     if not own.eval:
         raise TiveError("--train needs at least one --eval FILE (a benchmark of held-out records)")
     inputs = Inputs(Path(own.train), Path(own.images) if own.images else None, own.task_field,
                     [Path(p) for p in own.eval], Path(own.align) if own.align else None)
-    return BenchConfig(Path(run.out), run.world_seed, None, inputs, plan, base, selection)
+    return BenchConfig(Path(run.out), run.world_seed, (), None, inputs, plan, base, selection)
 
 
 def run(args: argparse.Namespace) -> dict:
     """Run the bench from parsed arguments (tive's CLI turns a TiveError into a message and exit status 2)."""
-    from tive.bench.runner import run_bench, world_inputs
+    from tive.bench.runner import run_bench, run_worlds
 
     config = resolve(args)
-    inputs = config.inputs if config.inputs is not None else world_inputs(config.out, config.world_seed, config.sizes)
-    return run_bench(config.out, inputs, config.plan, config.base, config.selection)
+    if config.inputs is not None:
+        return run_bench(config.out, config.inputs, config.plan, config.base, config.selection)
+    return run_worlds(config.out, config.world_seed, config.worlds, config.sizes, config.plan, config.base,
+                      config.selection)

@@ -17,6 +17,11 @@ duplicates. Methods:
 | `length` | none | longest answers first (Zhao et al. 2024, "Long is more for alignment") |
 | `grad_norm_balanced`, `el2n_balanced`, `length_balanced` | the input's | the same scores, highest first within each task |
 | `clusters` | none: equal shares of k-means clusters of the gradient features (capped by their size) | uniform |
+| `clean_oracle` (control) | the input's | uniform over the records without a known defect |
+| `task_oracle` (control) | the input's, none for the known-skill and trap tasks | uniform |
+
+The two oracles are positive controls of a world with known defects (`tive.bench.defects`): they read the world's
+ground truth, which no real method sees, and prove that the world can reward selection.
 
 `clusters` is a COINCIDE-style baseline (Lee et al. 2024: cluster a small reference model's features, sample across
 clusters rather than by task): k-means (k = √n, at most 100) on the reference model's reduced gradient features.
@@ -55,6 +60,9 @@ class Signals:
             one unit row per record; None where no method needs them.
         exclude_tasks: tasks TIVE never selects from (the authors excluded their caption task); the budget is
             spread over the others.
+        defective: the world's ground truth, True for a record with a known defect (the oracles only); None
+            where the world has no ground truth (your own data).
+        oracle_skip_tasks: the known-skill and trap tasks of the ground truth, which `task_oracle` skips.
     """
 
     tasks: list[str]
@@ -67,6 +75,8 @@ class Signals:
     temperature: float = DEFAULT_TEMPERATURE
     features: np.ndarray | None = None
     exclude_tasks: tuple[str, ...] = ()
+    defective: np.ndarray | None = None
+    oracle_skip_tasks: tuple[str, ...] = ()
     task_sizes: dict[str, int] = field(init=False)
 
     def __post_init__(self) -> None:
@@ -78,6 +88,10 @@ class Signals:
             setattr(self, name, array)
         if self.features is not None and len(self.features) != n:
             raise TiveError(f"features have {len(self.features)} rows; expected one per record ({n})")
+        if self.defective is not None:
+            self.defective = np.asarray(self.defective, dtype=bool)
+            if self.defective.shape != (n,):
+                raise TiveError(f"the ground truth has {self.defective.shape} entries; expected one per record ({n})")
         self.task_sizes = dict(sorted(Counter(self.tasks).items()))
 
 
@@ -205,6 +219,35 @@ def m_clusters(s: Signals, k: int, seed: int) -> np.ndarray:
     return _positions(counts)
 
 
+def _need_truth(s: Signals, method: str) -> np.ndarray:
+    if s.defective is None:
+        raise TiveError(f"method {method} is a control of the built-in world's defect worlds: it needs the world's "
+                        "ground truth (world/defects.json), which your own data does not have")
+    return s.defective
+
+
+def m_clean_oracle(s: Signals, k: int, seed: int) -> np.ndarray:
+    """The input's task shares, uniform over the records without a known defect (a task short of clean records
+    gives its leftover to the others)."""
+    clean = np.flatnonzero(~_need_truth(s, "clean_oracle"))
+    tasks = [s.tasks[int(i)] for i in clean]
+    shares = {task: float(s.task_sizes[task]) for task in set(tasks)}
+    counts, _ = select_records(tasks, np.zeros(len(tasks)), shares, k, method="sample", temperature=1.0, seed=seed)
+    return np.sort(clean[_positions(counts)])
+
+
+def m_task_oracle(s: Signals, k: int, seed: int) -> np.ndarray:
+    """No budget for the known-skill and trap tasks, the input's shares for the rest, uniform within a task."""
+    _need_truth(s, "task_oracle")
+    shares = {task: 0.0 if task in s.oracle_skip_tasks else float(size) for task, size in s.task_sizes.items()}
+    counts, _ = select_records(s.tasks, np.zeros(len(s.tasks)), shares, k, method="sample", temperature=1.0,
+                               seed=seed)
+    return _positions(counts)
+
+
+CONTROLS = ("clean_oracle", "task_oracle")
+"""Methods that read the world's ground truth: they run only in a world with known defects."""
+
 METHODS: dict[str, Callable[[Signals, int, int], np.ndarray]] = {
     "random": m_random,
     "random_stratified": m_random_stratified,
@@ -219,6 +262,8 @@ METHODS: dict[str, Callable[[Signals, int, int], np.ndarray]] = {
     "el2n_balanced": m_el2n_balanced,
     "length_balanced": m_length_balanced,
     "clusters": m_clusters,
+    "clean_oracle": m_clean_oracle,
+    "task_oracle": m_task_oracle,
 }
 
 
@@ -274,5 +319,5 @@ def task_shares(signals: Signals, positions: Sequence[int]) -> dict[str, int]:
     return {task: counts.get(task, 0) for task in signals.task_sizes}
 
 
-__all__ = ["ALLOCATIONS", "FULL", "METHODS", "allocation_values", "Signals", "choose_subset", "task_shares",
+__all__ = ["ALLOCATIONS", "CONTROLS", "FULL", "METHODS", "allocation_values", "Signals", "choose_subset", "task_shares",
            "split_budget"]

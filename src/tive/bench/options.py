@@ -4,6 +4,7 @@ A dataclass field declared with `tive.config.opt(default, help, **extra)` gets a
 it gets none); `extra` may hold:
 
     flag               the flag's name (default: --field-name); its argparse dest is the flag without dashes
+    aliases            other names of the same flag (kept for older command lines)
     choices, action    as in argparse (action: store_true, or extend with nargs)
     nargs, metavar, required
     parse              text -> value, for a field whose flag is not a plain int/float/str (budgets: "0.05,0.15")
@@ -100,7 +101,7 @@ def add_fields(group: Any, cls: type, quick: dict[str, Any] | None = None) -> No
         if meta.get("required"):
             kwargs["required"] = True
         kwargs["help"] = help_text.replace("%", "%%")
-        group.add_argument(flag, **kwargs)
+        group.add_argument(flag, *meta.get("aliases", ()), **kwargs)
 
 
 def given(cls: type, args: argparse.Namespace) -> dict[str, Any]:

@@ -16,7 +16,8 @@ import numpy as np
 
 AT_CHANCE_POINTS = 10.0
 ORDER = ("full", "random", "random_stratified", "tive", "tive_task_only", "tive_instance_only", "tive_diverse",
-         "clusters", "grad_norm_balanced", "el2n_balanced", "length_balanced", "grad_norm", "el2n", "length")
+         "clusters", "grad_norm_balanced", "el2n_balanced", "length_balanced", "grad_norm", "el2n", "length",
+         "clean_oracle", "task_oracle")
 RECIPE_TITLES = {
     "steps": "Equal steps — every run takes the full-data run's optimiser steps: what the data itself teaches",
     "epochs": "Equal epochs — every run takes the full data's number of passes over its subset (the paper's): a "
@@ -257,3 +258,92 @@ def _plot_panel(ax: Any, results: dict[str, Any], recipe: str) -> None:
     ax.set_title(f"equal {recipe}: average vs budget (error bars: std over seeds)")
     ax.grid(alpha=0.3)
     ax.legend(fontsize=8, loc="lower right")
+
+
+DEFECT_TITLES = {"wrong_answer": "wrong answers", "off_format": "off-format answers",
+                 "near_duplicate": "near-duplicates"}
+
+
+def defects_markdown(defects: dict[str, Any]) -> str:
+    """The defect table of one world: per method, for each record-level defect the AUROC of its choice score
+    (clean above defective; `-` for a method that ranks by no score) and the share of its subset that carries the
+    defect (the input's share in the header); for the known-skill and trap tasks, their share of the budget."""
+    if not defects:
+        return ""
+    first = next(iter(defects.values()))
+    kinds = list(first["input_share"])
+    tasks = list(first["task_input_share"])
+    header = ["method"]
+    for kind in kinds:
+        title = DEFECT_TITLES.get(kind, kind)
+        header += [f"{title}: AUROC", f"{title}: chosen % (input {first['input_share'][kind] * 100:.1f})"]
+    header += [f"{task}: budget % (input {first['task_input_share'][task] * 100:.1f})" for task in tasks]
+    lines = ["**Known defects: what each method chose (AUROC: a clean record scores above a defective one of the "
+             "same tasks; 0.5 is blind)**", "", "| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    for method, row in defects.items():
+        cells = [method]
+        for kind in kinds:
+            value = row["auroc"].get(kind)
+            cells += ["-" if value is None else f"{value:.2f}", f"{row['chosen_share'][kind] * 100:.1f}"]
+        cells += [f"{row['task_share'][task] * 100:.1f}" for task in tasks]
+        lines.append("| " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
+# One-sided 95% (two-sided 90%) Student t quantiles by degrees of freedom, for the paired intervals.
+T_95 = {1: 6.314, 2: 2.920, 3: 2.353, 4: 2.132, 5: 2.015, 6: 1.943, 7: 1.895, 8: 1.860, 9: 1.833, 10: 1.812}
+
+
+def paired(results: dict[str, Any], world: str, method: str, baseline: str = "random", budget: float = 0.15,
+           recipe: str = "steps") -> dict[str, Any] | None:
+    """`method` minus `baseline` on the same world, budget, recipe and seeds (the same benchmark items): the mean
+    paired difference of the average and its 90% interval over seeds (None where fewer than one pair)."""
+    def averages(name: str) -> dict[int, float]:
+        return {run["seed"]: run["average"] for run in results["runs"]
+                if run.get("world", world) == world and run["method"] == name and float(run["budget"]) == budget
+                and run.get("recipe", "steps") == recipe}
+    ours, theirs = averages(method), averages(baseline)
+    seeds = sorted(set(ours) & set(theirs))
+    if not seeds:
+        return None
+    d = np.array([ours[s] - theirs[s] for s in seeds])
+    mean = float(d.mean())
+    if len(d) < 2:
+        return {"pairs": len(d), "mean": mean, "low": None, "high": None}
+    half = T_95.get(len(d) - 1, 1.645) * float(d.std(ddof=1)) / np.sqrt(len(d))
+    return {"pairs": len(d), "mean": mean, "low": mean - half, "high": mean + half}
+
+
+def paired_markdown(results: dict[str, Any], world: str) -> str:
+    """Every method at the ablation budget (first recipe) against random on the same seeds."""
+    plan = results.get("plan", {})
+    budget = float(plan.get("ablation_budget", 0.15))
+    recipe = (plan.get("recipes") or ["steps"])[0]
+    methods = [m for m in ORDER if m not in ("full", "random")]
+    methods += sorted({r["method"] for r in results["runs"]} - set(ORDER))
+    lines = [f"**Paired against random at {budget * 100:g}% (equal {recipe}, same seeds and items): mean difference "
+             "of the average, 90% interval**", "", "| method | pairs | difference | 90% interval |", "|---|---|---|---|"]
+    for method in methods:
+        row = paired(results, world, method, "random", budget, recipe)
+        if row is None:
+            continue
+        interval = "-" if row["low"] is None else f"{row['low']:+.1f} to {row['high']:+.1f}"
+        lines.append(f"| {method} | {row['pairs']} | {row['mean']:+.1f} | {interval} |")
+    return "\n".join(lines) if len(lines) > 4 else ""
+
+
+def combined_markdown(output: dict[str, Any], per_world: dict[str, dict[str, Any]]) -> str:
+    """results.md of a run over several worlds: each world's tables, paired differences and defect table."""
+    parts = [f"# tive bench, world seed {output['world_seed']}: worlds {', '.join(output['worlds'])}"]
+    for kind, results in per_world.items():
+        design = output["design"].get(kind) or {}
+        parts.append(f"## World `{kind}`" + ("" if design else " (no defects)"))
+        if design:
+            parts.append("\n".join(f"- {name}: {text}" for name, text in design.items()))
+        parts.append(summary_table(results))
+        for block in (paired_markdown(results, kind), defects_markdown(results.get("defects", {}))):
+            if block:
+                parts.append(block)
+        parts.append("\n".join(chance_lines(results)))
+    parts.append(f"Wall time {output['timing']['wall_seconds'] / 60:.1f} min.")
+    return "\n\n".join(part for part in parts if part)

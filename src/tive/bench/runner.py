@@ -31,10 +31,11 @@ from typing import Any
 
 import numpy as np
 
-from tive.bench.methods import FULL, METHODS, Signals, choose_subset, task_shares
+from tive.bench.defects import CHOICE_SCORES, Truth, method_defects, read_truth
+from tive.bench.methods import CONTROLS, FULL, METHODS, Signals, choose_subset, task_shares
 from tive.bench.model import RECIPES, BaseSettings, Recipe
 from tive.bench.options import check_fields, default_of, flag_of
-from tive.bench.world import WorldSizes, write_world
+from tive.bench.world import DEFAULT_WORLDS, WorldSizes, write_world
 from tive.config import FeaturesOptions, SelectOptions, WarmupOptions, opt
 from tive.data.records import Record
 from tive.errors import TiveError
@@ -45,7 +46,11 @@ from tive.stages import say
 log = logging.getLogger("tive")
 
 ABLATIONS = ("random_stratified", "tive_task_only", "tive_instance_only", "tive_diverse", "clusters",
-             "grad_norm_balanced", "el2n_balanced", "length_balanced", "grad_norm", "el2n", "length")
+             "grad_norm_balanced", "el2n_balanced", "length_balanced", "grad_norm", "el2n", "length",
+             "clean_oracle", "task_oracle")
+# The default plan (issue 19, item 7): in each world at 15% with equal steps and 4 seeds, full, random, tive and
+# random_stratified, and in a world with known defects the two controls: 40 runs over clean and mixed.
+DEFAULT_METHODS = ("random_stratified", "clean_oracle", "task_oracle")
 
 
 def parse_budgets(text: str) -> tuple[float, ...]:
@@ -72,22 +77,26 @@ class Plan:
         budgets: the budgets (fractions) at which `tive` and `random` run.
         seeds: how many seeds (0..seeds-1) every subset method runs with (and the full-data runs' training order).
         ablation_budget: the one budget at which the other methods run (the paper's 15%).
-        ablations: the other methods.
+        ablations: the other methods (`--methods`); the controls `clean_oracle` and `task_oracle` run only in a
+            world with known defects.
         recipes: which recipes every subset is trained under (`model.RECIPES`: equal steps, equal epochs).
         recipe: the fine-tuning settings, the same for every run.
         workers: worker processes (None: the number of CPUs, at most 4); each uses cpu_count / workers threads.
     """
 
-    budgets: tuple[float, ...] = opt((0.05, 0.10, 0.15, 0.30), "budgets (fractions of the training records) at "
-                                     "which tive and random run, comma-separated", parse=parse_budgets, above=0,
+    budgets: tuple[float, ...] = opt((0.15,), "budgets (fractions of the training records) at which tive and random "
+                                     "run, comma-separated (e.g. 0.05,0.1,0.15,0.3)", parse=parse_budgets, above=0,
                                      below=1)
-    seeds: int = opt(3, "seeds per subset method (seeds 0..N-1; also the full-data runs' training order)", min=1)
+    seeds: int = opt(4, "seeds per subset method (seeds 0..N-1; also the full-data runs' training order)", min=1)
     ablation_budget: float = opt(0.15, "the budget at which the other methods run (the paper's 15%); without "
                                  "this flag, the one of --budgets nearest to it", above=0, below=1)
-    ablations: tuple[str, ...] = opt(ABLATIONS, "the other methods, comma-separated", parse=parse_names)
-    recipes: tuple[str, ...] = opt(RECIPES, "fine-tuning recipes, comma-separated: steps (every run the same optimiser "
-                                   "steps: the data's content) and epochs (every run the full data's epochs: the "
-                                   "paper's, a subset costs less)", parse=parse_names)
+    ablations: tuple[str, ...] = opt(DEFAULT_METHODS, "the methods beside tive and random, comma-separated, at the "
+                                     f"ablation budget; all of them: {','.join(ABLATIONS)}; the controls clean_oracle "
+                                     "and task_oracle run only in a world with known defects", parse=parse_names,
+                                     flag="--methods", aliases=("--ablations",))
+    recipes: tuple[str, ...] = opt(("steps",), "fine-tuning recipes, comma-separated: steps (every run the same "
+                                   "optimiser steps: the data's content) and epochs (every run the full data's "
+                                   "epochs: the paper's, a subset costs less)", parse=parse_names)
     recipe: Recipe = field(default_factory=Recipe)
     workers: int | None = opt(None, "training processes in parallel (default: the number of CPUs, at most 4)", min=1)
 
@@ -142,6 +151,18 @@ class Inputs:
     world: dict[str, Any] | None = None
     prior: Path | None = None  # the language prior's stream (built-in world only)
     scenes: Path | None = None  # the recorded scenes of every image (built-in world only): the slot encoder's table
+    defects: Path | None = None  # the world's ground truth (built-in world only; tive's stages never see it)
+    name: str = "own"  # the world's kind (clean, mixed, ...), or "own" for your own data
+
+
+@dataclass
+class Shared:
+    """What the worlds of one bench run share: the base model, the prior's cache and the slot encoder's table (the
+    recorded scenes of every world, so one base serves them all)."""
+
+    base_dir: Path
+    prior_root: Path
+    table: dict[str, Any] | None = None
 
 
 # What --quick changes, per settings class (field -> value); flags the user gives still win.
@@ -153,11 +174,12 @@ QUICK: dict[type, dict[str, Any]] = {
 }
 
 
-def world_inputs(out: Path, seed: int, sizes: WorldSizes) -> Inputs:
-    info = write_world(out / "world", seed, sizes)
+def world_inputs(out: Path, seed: int, sizes: WorldSizes, kind: str = "clean") -> Inputs:
+    """The built-in world of `kind` and seed `seed`, written to out/world (kept when it is already there)."""
+    info = write_world(out / "world", seed, sizes, kind=kind)
     return Inputs(Path(info["train"]), Path(info["images"]), info["task_field"],
                   [Path(p) for p in info["eval"].values()], Path(info["align"]), world=info["config"],
-                  prior=Path(info["prior"]), scenes=Path(info["scenes"]))
+                  prior=Path(info["prior"]), scenes=Path(info["scenes"]), defects=Path(info["defects"]), name=kind)
 
 
 def _load_records(path: Path, images: Path | None, task_field: str | None) -> list[Any]:
@@ -321,6 +343,8 @@ def plan_jobs(plan: Plan, signals: Signals | list[Signals]) -> list[dict[str, An
     for method in plan.ablations:
         if method not in METHODS:
             raise TiveError(f"unknown method {method!r}; choose from {', '.join(METHODS)}")
+        if method in CONTROLS and not has_defects(per_seed[0]):
+            continue  # a control of the defect worlds: nothing to control in a clean world or your own data
         for seed in seeds:
             subsets.append((method, plan.ablation_budget, seed,
                             choose_subset(method, per_seed[seed], plan.ablation_budget, seed)))
@@ -332,6 +356,35 @@ def plan_jobs(plan: Plan, signals: Signals | list[Signals]) -> list[dict[str, An
             jobs.append({"method": method, "budget": budget, "seed": seed, "positions": positions,
                          "recipe_name": recipe, "steps": plan.recipe.steps_for(recipe, len(positions), n)})
     return jobs
+
+
+def attach_truth(signals: Signals, truth: Truth | None) -> Signals:
+    """The signals with the world's ground truth the oracles read (none for your own data)."""
+    if truth is not None:
+        signals.defective = truth.defective
+        signals.oracle_skip_tasks = (*truth.known_tasks, *truth.trap_tasks)
+    return signals
+
+
+def defect_table(truth: Truth, per_seed: list[Signals], jobs: list[dict[str, Any]], plan: Plan) -> dict[str, Any]:
+    """Per method at the ablation budget (first recipe): what it chose of the world's known defects, and the AUROC
+    of its choice score (`tive.bench.defects`)."""
+    table: dict[str, Any] = {}
+    for method in dict.fromkeys(j["method"] for j in jobs if j["method"] != FULL):
+        runs = [j for j in jobs if j["method"] == method and j["budget"] == plan.ablation_budget
+                and j["recipe_name"] == plan.recipes[0]]
+        if not runs:
+            continue
+        attribute = CHOICE_SCORES.get(method)
+        scores = None if attribute is None else [getattr(per_seed[j["seed"]], attribute) for j in runs]
+        table[method] = {"budget": plan.ablation_budget,
+                         **method_defects(truth, per_seed[0].tasks, [j["positions"] for j in runs], scores)}
+    return table
+
+
+def has_defects(signals: Signals) -> bool:
+    """Whether the world behind these signals has known defects (its oracles differ from stratified random)."""
+    return signals.defective is not None and bool(signals.defective.any() or signals.oracle_skip_tasks)
 
 
 def default_workers() -> int:
@@ -445,14 +498,16 @@ def resolve_vision(settings: BaseSettings, inputs: Inputs) -> str:
 
 
 def run_bench(out: Path, inputs: Inputs, plan: Plan, base_settings: BaseSettings,
-              selection: SelectionSettings) -> dict[str, Any]:
-    """The whole bench; writes DIR/results.json, results.md, results.png and returns the results."""
+              selection: SelectionSettings, shared: Shared | None = None) -> dict[str, Any]:
+    """The bench on one world (or your own data); writes DIR/results.json, results.md, results.png and returns the
+    results. `shared`: the base model, prior cache and slot table the worlds of one run share (`run_worlds`);
+    by default DIR/base, DIR/prior and this world's recorded scenes."""
     import torch
 
     from tive.bench.evalsets import chance_level, load_benchmarks, seen_in_training
     from tive.bench.keys import benchmarks_key, records_key
     from tive.bench.model import build_base
-    from tive.bench.report import chance_lines, chance_summary, summary_table, timing_lines, write_plot
+    from tive.bench.report import chance_lines, chance_summary, defects_markdown, summary_table, timing_lines, write_plot
     from tive.model.loading import load_base
 
     wall = time.perf_counter()
@@ -479,7 +534,8 @@ def run_bench(out: Path, inputs: Inputs, plan: Plan, base_settings: BaseSettings
             + ", ".join(f"{name} {n}/{len(b.records)}" for b, (name, n) in zip(benchmarks, seen.items()) if n))
 
     timing: dict[str, Any] = {}
-    base_dir = out / "base"
+    shared = shared if shared is not None else Shared(out / "base", out / "prior")
+    base_dir = shared.base_dir
     vision_kind = resolve_vision(base_settings, inputs)
     if vision_kind == "slots":
         from tive.bench.model import build_slot_base
@@ -489,8 +545,8 @@ def run_bench(out: Path, inputs: Inputs, plan: Plan, base_settings: BaseSettings
         prior = [r for r in _load_records(inputs.prior, inputs.images, None) if r.ok] if inputs.prior else []
         say(f"bench: vision: word-like slots from the world's recorded scenes; language prior on {len(prior)} "
             "prior records")
-        base_info = build_slot_base(base_dir, out / "prior", records, align, prior,
-                                    read_scene_table(inputs.scenes), base_settings, say=say)
+        table = shared.table if shared.table is not None else read_scene_table(inputs.scenes)
+        base_info = build_slot_base(base_dir, shared.prior_root, records, align, prior, table, base_settings, say=say)
     else:
         base_info = build_base(base_dir, records, align, base_settings, say=say, vision=vision,
                                vision_source=vision_source)
@@ -518,11 +574,12 @@ def run_bench(out: Path, inputs: Inputs, plan: Plan, base_settings: BaseSettings
         torch.save(encoded, cache_path.with_suffix(".tmp"))
         os.replace(cache_path.with_suffix(".tmp"), cache_path)
 
+    truth = read_truth(inputs.defects, [str(r.record_id) for r in records]) if inputs.defects is not None else None
     per_seed, selection_timings, selection_dirs = [], [], []
     for seed in range(plan.seeds):
         signals, seed_timing, seed_dir = compute_signals(inputs, out, base_dir, keys["selection_inputs"],
                                                          encoded["items"], selection, main_threads, seed)
-        per_seed.append(signals)
+        per_seed.append(attach_truth(signals, truth))
         selection_timings.append(seed_timing)
         selection_dirs.append(seed_dir)
     signals = per_seed[0]
@@ -545,10 +602,13 @@ def run_bench(out: Path, inputs: Inputs, plan: Plan, base_settings: BaseSettings
     timing["wall_seconds"] = _elapsed(wall)
     names = [b.name for b in benchmarks]
     output = {
+        "world": inputs.name,
         "benchmarks": names,
+        "items": {b.name: len(b.records) for b in benchmarks},
         "chance": {b.name: chance_level(b) for b in benchmarks},
         "runs": [
-            {"method": r["method"], "budget": r["budget"], "seed": r["seed"], "recipe": r["recipe"],
+            {"world": inputs.name, "method": r["method"], "budget": r["budget"], "seed": r["seed"],
+             "recipe": r["recipe"],
              "scores": r["scores"], "logliks": r.get("logliks", {}),
              "average": r["average"], "records": r["records"], "steps": r["steps"],
              "train_seconds": r["train_seconds"], "eval_seconds": r["eval_seconds"]}
@@ -563,6 +623,7 @@ def run_bench(out: Path, inputs: Inputs, plan: Plan, base_settings: BaseSettings
         "base_model": {k: v for k, v in base_info.items() if k not in ("key", "cached")},
         "selection": asdict(selection),
         "task_values": signals.task_values,
+        "defects": defect_table(truth, per_seed, jobs, plan) if truth is not None and truth.any else {},
         "task_values_per_seed": [seed_signals.task_values for seed_signals in per_seed],
         "task_sizes": signals.task_sizes,
         "task_shares": shares,
@@ -572,6 +633,8 @@ def run_bench(out: Path, inputs: Inputs, plan: Plan, base_settings: BaseSettings
     output["at_chance"] = chance_summary(output)
     write_json(out / "results.json", output)
     table = summary_table(output)
+    if output["defects"]:
+        table += "\n\n" + defects_markdown(output["defects"])
     notes = chance_lines(output)
     (out / "results.md").write_text(table + "\n\n" + "".join(line + "\n" for line in notes)
                                     + "\n".join(timing_lines(output)) + "\n", encoding="utf-8")
@@ -584,5 +647,47 @@ def run_bench(out: Path, inputs: Inputs, plan: Plan, base_settings: BaseSettings
     return output
 
 
-__all__ = ["Plan", "SelectionSettings", "Inputs", "run_bench", "world_inputs", "plan_jobs", "run_jobs", "QUICK",
-           "alignment_sources", "require_all_ok"]
+def run_worlds(out: Path, seed: int, kinds: tuple[str, ...], sizes: WorldSizes, plan: Plan,
+               base_settings: BaseSettings, selection: SelectionSettings) -> dict[str, Any]:
+    """The bench on each built-in world of `kinds` for world seed `seed` (default: clean and mixed), one after the
+    other in DIR/<kind>/, sharing one base model (DIR/base) and one language prior (DIR/prior); then DIR/results.json
+    (every run with its world, the chance levels, each world's defect table) and DIR/results.md."""
+    from tive.bench.report import combined_markdown
+    from tive.bench.slots import read_scene_table
+
+    wall = time.perf_counter()
+    out.mkdir(parents=True, exist_ok=True)
+    worlds = {kind: world_inputs(out / kind, seed, sizes, kind) for kind in kinds}
+    table: dict[str, Any] = {}
+    for inputs in worlds.values():
+        table.update(read_scene_table(inputs.scenes))
+    shared = Shared(out / "base", out / "prior", table)
+    per_world = {}
+    for kind, inputs in worlds.items():
+        say(f"bench: world {kind} ({', '.join(inputs.world['defects']) or 'no defects'})")
+        per_world[kind] = run_bench(out / kind, inputs, plan, base_settings, selection, shared)
+    first = per_world[kinds[0]]
+    output = {
+        "world_seed": seed,
+        "worlds": list(kinds),
+        "benchmarks": first["benchmarks"],
+        "chance": first["chance"],
+        "items": first["items"],
+        "chance_by_world": {kind: r["chance"] for kind, r in per_world.items()},
+        "runs": [run for r in per_world.values() for run in r["runs"]],
+        "defects": {kind: r["defects"] for kind, r in per_world.items()},
+        "design": {kind: worlds[kind].world["defects"] for kind in kinds},
+        "plan": first["plan"],
+        "timing": {"wall_seconds": _elapsed(wall), "worlds": {kind: r["timing"] for kind, r in per_world.items()}},
+        "per_world": {kind: str(out / kind / "results.json") for kind in kinds},
+    }
+    write_json(out / "results.json", output)
+    text = combined_markdown(output, per_world)
+    (out / "results.md").write_text(text + "\n", encoding="utf-8")
+    say(f"bench: every world's results in {out / 'results.json'} and {out / 'results.md'} "
+        f"({output['timing']['wall_seconds'] / 60:.1f} min)")
+    return output
+
+
+__all__ = ["Plan", "SelectionSettings", "Inputs", "Shared", "run_bench", "run_worlds", "world_inputs", "plan_jobs",
+           "run_jobs", "QUICK", "alignment_sources", "require_all_ok", "DEFAULT_WORLDS"]

@@ -597,6 +597,166 @@ WORLD_TASKS: list[WorldTask] = [
 ]
 
 
+# ------------------------------------------------------------------------------------------ defect worlds
+# Worlds with known defects (issue 19, item 4). A world's kind decides which defects its training mix holds; every
+# defect is drawn from its own generator, seeded by (world seed, kind of defect, task), and every defective record
+# is listed in the world's ground truth (world/defects.json), which the bench reads and tive never sees. Nothing
+# here depends on a selection method. The benchmarks are the same in every kind of world of a seed.
+
+
+def task_colors(rng: np.random.Generator, n: int) -> list[Example]:
+    """A large task the language prior already knows: colour and shape look-ups of 1-2 shapes, short answers."""
+    out = []
+    for i in range(n):
+        scene = make_scene(rng, 1, 2)
+        turns = []
+        for _ in range(int(rng.integers(1, 3))):
+            question, short, _ = ask(rng, scene, (skill_color, skill_kind))
+            turns.append((_short(question), short))
+        out.append(Example(turns, scene.image(), f"{i:05d}"))
+    return out
+
+
+def short_answer_space() -> list[str]:
+    """Every short answer a scene or number question can have: colours, shapes, counts, places and numbers."""
+    return sorted({*COLORS, *SHAPES, *NUMBERS, *PLACES, "yes", "no", *(str(v) for v in range(100))})
+
+
+def task_quiz(rng: np.random.Generator, n: int) -> list[Example]:
+    """The trap: short-answer questions about a scene whose answers are drawn at random (nothing to learn, and a
+    high gradient norm under any reference model)."""
+    space = short_answer_space()
+    out = []
+    for i in range(n):
+        scene = make_scene(rng, 2, 4)
+        question, _, _ = ask(rng, scene, (skill_color, skill_count, skill_position))
+        out.append(Example([(_short(question), _pick(rng, space))], scene.image(), f"{i:05d}"))
+    return out
+
+
+@dataclass(frozen=True)
+class Defect:
+    """One kind of defect a world can hold.
+
+    Attributes:
+        name: the defect's name in the ground truth (wrong_answer, off_format, near_duplicate, known_task, trap).
+        tasks: the training tasks it is applied to (for known_task and trap: the task it adds).
+        rate: the share of those tasks' records made defective (record-level defects), or the added task's weight
+            in thousands of LLaVA-665K records (task-level defects).
+        record_level: True when single records are defective (wrong_answer, off_format, near_duplicate, trap);
+            known_task records are correct, only their task is of little use.
+        description: one sentence for world.json and the report.
+    """
+
+    name: str
+    tasks: tuple[str, ...]
+    rate: float
+    record_level: bool
+    description: str
+
+
+DEFECTS: dict[str, Defect] = {
+    "wrong": Defect("wrong_answer", ("vqav2", "gqa"), 0.3, True,
+                    "30% of the records of two short-answer tasks (vqav2, gqa) answer every question with another "
+                    "answer of the same task"),
+    "offformat": Defect("off_format", ("ocrvqa",), 0.3, True,
+                        "30% of the records of a short-answer task (ocrvqa) answer in a sentence although the "
+                        "instruction asks for a single word or phrase"),
+    "duplicates": Defect("near_duplicate", ("refcoco",), 0.5, True,
+                         "half of a task's records (refcoco) are near-copies of its other records (the same image "
+                         "and answers, the instruction reworded); of each group, every copy after the first in the "
+                         "file is the defective one"),
+    "size": Defect("known_task", ("colors",), 200.0, False,
+                   "a large added task (colors, 200 in LLaVA-665K's thousands) of colour and shape look-ups the "
+                   "language prior already answers, beside the small hard tasks the benchmarks need"),
+    "trap": Defect("trap", ("quiz",), 20.0, True,
+                   "a small added task (quiz, 20 in LLaVA-665K's thousands) whose answers are drawn at random: a "
+                   "high gradient norm that should not draw budget"),
+}
+EXTRA_TASKS = {"colors": task_colors, "quiz": task_quiz}
+EXTRA_REDUNDANCY = {"colors": "fresh image per record; look-ups the prior already answers",
+                    "quiz": "fresh image per record; answers drawn at random"}
+WORLD_KINDS: dict[str, tuple[str, ...]] = {
+    "clean": (),
+    **{kind: (kind,) for kind in DEFECTS},
+    "mixed": tuple(DEFECTS),
+}
+"""Each kind of world and the defects it holds: `clean` none, `mixed` every one at once (each in its own tasks)."""
+DEFAULT_WORLDS = ("clean", "mixed")
+
+
+def world_tasks(kind: str) -> list[WorldTask]:
+    """The training tasks of a kind of world: LLaVA-665K's nine, plus the tasks its task-level defects add."""
+    if kind not in WORLD_KINDS:
+        raise TiveError(f"--world {kind}: no such world; choose from {', '.join(WORLD_KINDS)} (comma-separated)")
+    tasks = list(WORLD_TASKS)
+    for defect in (DEFECTS[d] for d in WORLD_KINDS[kind]):
+        if not defect.record_level or defect.name == "trap":
+            for name in defect.tasks:
+                tasks.append(WorldTask(name, defect.rate, EXTRA_TASKS[name], EXTRA_REDUNDANCY[name]))
+    return tasks
+
+
+ANSWER_GROUPS = (tuple(COLORS), tuple(SHAPES), ("yes", "no"), tuple(NUMBERS), tuple(PLACES))
+
+
+def wrong_answer(rng: np.random.Generator, answer: str, space: list[str]) -> str:
+    """Another answer of the same kind (another colour for a colour, "no" for "yes", another count or place), so a
+    wrong record reads as plausible as a right one; an answer of no known kind gets another of the task's."""
+    for group in ANSWER_GROUPS:
+        if answer in group:
+            return _pick(rng, [a for a in group if a != answer])
+    return _pick(rng, [a for a in space if a != answer])
+
+
+SENTENCES = ("The answer is {}.", "I would say it is {}.", "Looking at the image, it is {}.")
+REWORDINGS = ("Please {}", "Quick question: {}", "{}")
+
+
+def _lower_first(text: str) -> str:
+    return text[:1].lower() + text[1:]
+
+
+def apply_defects(examples: list[Example], task: str, kind: str, seed: int) -> dict[int, tuple[str, int | None]]:
+    """Make a task's examples defective as the world's kind says, in place; returns position -> (defect name, the
+    position of the record it copies, for near-duplicates; else None)."""
+    marks: dict[int, tuple[str, int | None]] = {}
+    for defect in (DEFECTS[d] for d in WORLD_KINDS[kind]):
+        if task not in defect.tasks:
+            continue
+        rng = world_rng(seed, f"defect/{defect.name}/{task}")
+        if defect.name == "trap":
+            marks.update({i: ("trap", None) for i in range(len(examples))})
+            continue
+        if not defect.record_level:
+            continue
+        count = int(round(defect.rate * len(examples)))
+        chosen = sorted(int(i) for i in rng.choice(len(examples), size=count, replace=False))
+        if defect.name == "wrong_answer":
+            space = sorted({answer for e in examples for _, answer in e.turns})
+            for i in chosen:
+                turns = [(question, wrong_answer(rng, answer, space)) for question, answer in examples[i].turns]
+                examples[i] = Example(turns, examples[i].image, examples[i].image_key, examples[i].truth)
+                marks[i] = ("wrong_answer", None)
+        elif defect.name == "off_format":
+            for i in chosen:
+                turns = [(q, _pick(rng, SENTENCES).format(a)) for q, a in examples[i].turns]
+                examples[i] = Example(turns, examples[i].image, examples[i].image_key, examples[i].truth)
+                marks[i] = ("off_format", None)
+        elif defect.name == "near_duplicate":
+            originals = [i for i in range(len(examples)) if i not in set(chosen)]
+            for i in chosen:
+                source = originals[int(rng.integers(len(originals)))]
+                first_q, first_a = examples[source].turns[0]
+                reworded = _pick(rng, REWORDINGS)
+                first_q = reworded.format(_lower_first(first_q) if reworded != "{}" else first_q)
+                turns = [(first_q, first_a), *examples[source].turns[1:]]
+                examples[i] = Example(turns, examples[source].image, examples[source].image_key,
+                                      examples[source].truth)
+                marks[i] = ("near_duplicate", source)
+    return marks
+
+
 # ----------------------------------------------------------------------------------------------- benchmarks
 
 
@@ -768,7 +928,7 @@ class WorldSizes:
 
     train: int = opt(4000, "training records of the built-in world", flag="--records", min=100)
     align: int = opt(1500, "alignment (caption) records of the built-in world", flag="--align-records", min=0)
-    eval: int = opt(600, "records per benchmark of the built-in world (before dropping any whose image is a "
+    eval: int = opt(640, "records per benchmark of the built-in world (before dropping any whose image is a "
                     "training or alignment image)", flag="--eval-records", min=1)
     prior: int = opt(10000, "records (2 sentence-form questions each) of the language prior's stream of the "
                      "built-in world", flag="--prior-records", min=0)
@@ -777,25 +937,60 @@ class WorldSizes:
         check_fields(self)
 
 
-def world_config(seed: int, sizes: WorldSizes) -> dict[str, Any]:
+def world_config(seed: int, sizes: WorldSizes, kind: str = "clean") -> dict[str, Any]:
+    tasks = world_tasks(kind)  # refuses an unknown kind
     return {
         "seed": seed,
+        "kind": kind,
+        "defects": {DEFECTS[d].name: DEFECTS[d].description for d in WORLD_KINDS[kind]},
         "sizes": {"train": sizes.train, "align": sizes.align, "eval": sizes.eval, "prior": sizes.prior},
-        "tasks": {t.name: t.redundancy for t in WORLD_TASKS},
+        "tasks": {t.name: t.redundancy for t in tasks},
         "benchmarks": sorted(BENCHMARKS),
-        "version": 3,
+        "version": 4,
     }
 
 
-def write_world(out_dir: Path | str, seed: int, sizes: WorldSizes | None = None) -> dict[str, Any]:
-    """Write the world (train.json, align.json, eval/*.json, images/); skip if the same world is already there.
+def ground_truth(kind: str, train: list[dict[str, Any]], marks: dict[str, tuple[str, str | None]]) -> dict[str, Any]:
+    """The world's defects as the bench reads them (world/defects.json): every defective record by index in
+    train.json and id, with its task and defect; the known-skill and trap tasks by name.
+
+    `marks`: record id -> (defect, id of the record a near-duplicate copies). Of each group of near-duplicates
+    (a record and its copies) every member after the first in the file is the defective one.
+    """
+    position = {record["id"]: index for index, record in enumerate(train)}
+    defective: dict[str, str] = {}
+    groups: dict[str, list[str]] = {}
+    for record_id, (defect, source) in marks.items():
+        if defect == "near_duplicate":
+            groups.setdefault(source, [source]).append(record_id)
+        else:
+            defective[record_id] = defect
+    for members in groups.values():
+        for record_id in sorted(members, key=position.__getitem__)[1:]:
+            defective[record_id] = "near_duplicate"
+    task_of = {record["id"]: record["dataset"] for record in train}
+    defects = [DEFECTS[d] for d in WORLD_KINDS[kind]]
+    return {
+        "world": kind,
+        "defects": {d.name: {"tasks": list(d.tasks), "rate": d.rate, "record_level": d.record_level,
+                             "description": d.description} for d in defects},
+        "known_tasks": [t for d in defects if d.name == "known_task" for t in d.tasks],
+        "trap_tasks": [t for d in defects if d.name == "trap" for t in d.tasks],
+        "records": [{"index": position[record_id], "id": record_id, "task": task_of[record_id], "defect": defect}
+                    for record_id, defect in sorted(defective.items(), key=lambda kv: position[kv[0]])],
+    }
+
+
+def write_world(out_dir: Path | str, seed: int, sizes: WorldSizes | None = None, kind: str = "clean") -> dict[str, Any]:
+    """Write the world of `kind` (train.json, align.json, eval/*.json, prior.json, scenes.json, defects.json,
+    images/); skip if the same world is already there.
 
     Returns world.json's content, which includes the paths a bench run needs.
     """
     out_dir = Path(out_dir)
     sizes = sizes if sizes is not None else WorldSizes()
     marker = out_dir / "world.json"
-    config = world_config(seed, sizes)
+    config = world_config(seed, sizes, kind)
     if marker.is_file():
         old = json.loads(marker.read_text())
         if old.get("config") == config:
@@ -809,18 +1004,25 @@ def write_world(out_dir: Path | str, seed: int, sizes: WorldSizes | None = None)
             if example.image is not None:
                 scenes[pixel_digest(example.image)] = slots_of(example.image)
 
-    task_sizes = split_by_weight({t.name: t.weight for t in WORLD_TASKS}, sizes.train)
+    tasks = world_tasks(kind)
+    task_sizes = split_by_weight({t.name: t.weight for t in tasks}, sizes.train)
     train: list[dict[str, Any]] = []
     seen: set[str] = set()  # pixel digests of every training and alignment image
-    for task in WORLD_TASKS:
+    marks: dict[str, tuple[str, str | None]] = {}  # record id -> (defect, id of the record it copies)
+    for task in tasks:
         examples = task.make(world_rng(seed, task.name), task_sizes[task.name])
+        task_marks = apply_defects(examples, task.name, kind, seed)
         record_scenes(examples)
         seen |= {pixel_digest(e.image) for e in examples if e.image is not None}
-        train += to_records(examples, f"train/{task.name}", image_root, task=task.name,
-                            placement=world_rng(seed, task.name + "/placement"), image_before=0.8)
+        records = to_records(examples, f"train/{task.name}", image_root, task=task.name,
+                             placement=world_rng(seed, task.name + "/placement"), image_before=0.8)
+        for position, (defect, source) in task_marks.items():
+            marks[records[position]["id"]] = (defect, None if source is None else records[source]["id"])
+        train += records
     order = world_rng(seed, "train/order").permutation(len(train))
     train = [train[int(i)] for i in order]
     write_records_json(out_dir / "train.json", train)
+    write_bytes(out_dir / "defects.json", (json.dumps(ground_truth(kind, train, marks), indent=1) + "\n").encode())
     aligned = align_examples(world_rng(seed, "align"), sizes.align)
     record_scenes(aligned)
     seen |= {pixel_digest(e.image) for e in aligned if e.image is not None}
@@ -849,6 +1051,7 @@ def write_world(out_dir: Path | str, seed: int, sizes: WorldSizes | None = None)
         "align": "align.json",
         "prior": "prior.json",
         "scenes": "scenes.json",
+        "defects": "defects.json",
         "images": "images",
         "task_field": "dataset",
         "eval": evals,
@@ -863,7 +1066,7 @@ def _absolute(out_dir: Path, info: dict[str, Any]) -> dict[str, Any]:
     """world.json keeps paths relative to the world folder (so it can be moved); callers get absolute ones."""
     root = out_dir.resolve()
     info = dict(info)
-    for key in ("train", "align", "images", "prior", "scenes"):
+    for key in ("train", "align", "images", "prior", "scenes", "defects"):
         info[key] = str(root / info[key])
     info["eval"] = {name: str(root / path) for name, path in info["eval"].items()}
     return info
