@@ -11,6 +11,9 @@ path runs both:
                                   them a benchmark's scene (the slot base's first phase; issue 19)
     out_dir/scenes.json           the scene recorded for every image written (pixel digest -> 9 slots of words):
                                   the table of the slot encoder (`tive.bench.slots`)
+    out_dir/defects.json          the ground truth of a world with known defects (`write_world(kind=...)`, see
+                                  "defect worlds" below): every defective record by index and id; read by the
+                                  bench (`tive.bench.defects`), never by tive's stages
     out_dir/images/...            every image, referred to by paths relative to out_dir/images
     out_dir/world.json            the seed, sizes and design summary (written last: the completion marker)
 
