@@ -145,17 +145,21 @@ def test_user_data_errors(tmp_path: Path) -> None:
 def test_worlds_share_one_base_and_the_controls_run_where_defects_are(tmp_path: Path) -> None:
     # Issue 19, items 4-7: clean and mixed in one run; one base model (trained once) serves both; the controls run
     # in the world with known defects only; results.json holds every run with its world and the defect table.
-    plan = dataclasses.replace(PLAN, ablations=("clean_oracle", "task_oracle"))
+    plan = dataclasses.replace(PLAN, ablations=("clean_oracle", "task_oracle", "tive_lastk"))
     out = tmp_path / "both"
     results = run_worlds(out, 2, ("clean", "mixed"), SIZES, plan, BASE, SELECTION)
     assert results["worlds"] == ["clean", "mixed"]
     runs = {(r["world"], r["method"]) for r in results["runs"]}
-    assert runs == {("clean", m) for m in ("full", "tive", "random")} | {
-        ("mixed", m) for m in ("full", "tive", "random", "clean_oracle", "task_oracle")}
+    assert runs == {("clean", m) for m in ("full", "tive", "random", "tive_lastk")} | {
+        ("mixed", m) for m in ("full", "tive", "random", "tive_lastk", "clean_oracle", "task_oracle")}
     assert set(results["chance"]) == set(results["benchmarks"]) and results["items"]["pope"] == SIZES.eval
     assert results["defects"]["clean"] == {}
     mixed = results["defects"]["mixed"]
-    assert set(mixed) == {"tive", "random", "clean_oracle", "task_oracle"}
+    assert set(mixed) == {"tive", "random", "tive_lastk", "clean_oracle", "task_oracle"}
+    assert mixed["tive_lastk"]["auroc"]["wrong_answer"] is not None
+    # tive_lastk's features come from the last decoder layer only, in a selection run of their own.
+    metas = [json.loads(p.read_text()) for p in (out / "mixed" / "selection").glob("*/features/meta.json")]
+    assert sorted(m.get("request", {}).get("layers", "all") for m in metas) == ["all", "last:1"]
     assert mixed["clean_oracle"]["chosen_share"] == {"wrong_answer": 0.0, "off_format": 0.0, "near_duplicate": 0.0}
     assert mixed["task_oracle"]["task_share"] == {"colors": 0.0, "quiz": 0.0}
     assert mixed["tive"]["auroc"]["wrong_answer"] is not None and mixed["random"]["auroc"]["wrong_answer"] is None

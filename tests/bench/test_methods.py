@@ -23,9 +23,14 @@ def _signals(n: int = 997, seed: int = 0) -> Signals:
     centres = rng.standard_normal((12, 16))
     features = centres[rng.integers(12, size=n)] + 0.3 * rng.standard_normal((n, 16))
     features /= np.linalg.norm(features, axis=1, keepdims=True)
-    return Signals(tasks=tasks, grad_norms=norms, values=rng.uniform(-1, 1, n), task_values=t_values,
-                   el2n=rng.uniform(0, 1.4, n), answer_tokens=rng.integers(1, 60, n), features=features,
-                   defective=rng.random(n) < 0.1, oracle_skip_tasks=("hard",))
+    signals = Signals(tasks=tasks, grad_norms=norms, values=rng.uniform(-1, 1, n), task_values=t_values,
+                      el2n=rng.uniform(0, 1.4, n), answer_tokens=rng.integers(1, 60, n), features=features,
+                      defective=rng.random(n) < 0.1, oracle_skip_tasks=("hard",))
+    # TIVE from the last layer's features: other values and task values for the same records.
+    signals.variants["tive_lastk"] = Signals(tasks=tasks, grad_norms=norms[::-1].copy(), values=rng.uniform(-1, 1, n),
+                                             task_values={t: 1.0 + i for i, t in enumerate(names)},
+                                             el2n=signals.el2n, answer_tokens=signals.answer_tokens)
+    return signals
 
 
 @pytest.mark.parametrize("budget", [0.05, 0.1, 0.15, 0.3])
@@ -229,3 +234,14 @@ def test_oracles_refuse_data_without_a_ground_truth() -> None:
     for method in ("clean_oracle", "task_oracle"):
         with pytest.raises(TiveError, match="ground truth"):
             choose_subset(method, signals, 0.15, 0)
+
+
+def test_tive_lastk_is_tive_on_the_last_layer_signals() -> None:
+    signals = _signals()
+    variant = signals.variants["tive_lastk"]
+    for seed in (0, 3):
+        assert np.array_equal(choose_subset("tive_lastk", signals, 0.15, seed), choose_subset("tive", variant, 0.15, seed))
+    assert not np.array_equal(choose_subset("tive_lastk", signals, 0.15, 0), choose_subset("tive", signals, 0.15, 0))
+    signals.variants = {}
+    with pytest.raises(TiveError, match="layers last:1"):
+        choose_subset("tive_lastk", signals, 0.15, 0)

@@ -17,6 +17,7 @@ duplicates. Methods:
 | `length` | none | longest answers first (Zhao et al. 2024, "Long is more for alignment") |
 | `grad_norm_balanced`, `el2n_balanced`, `length_balanced` | the input's | the same scores, highest first within each task |
 | `clusters` | none: equal shares of k-means clusters of the gradient features (capped by their size) | uniform |
+| `tive_lastk` | TIVE's, from features of the last decoder layer's LoRA matrices only (`--layers last:1`) | TIVE's, from the same features |
 | `clean_oracle` (control) | the input's | uniform over the records without a known defect |
 | `task_oracle` (control) | the input's, none for the known-skill and trap tasks | uniform |
 
@@ -63,6 +64,8 @@ class Signals:
         defective: the world's ground truth, True for a record with a known defect (the oracles only); None
             where the world has no ground truth (your own data).
         oracle_skip_tasks: the known-skill and trap tasks of the ground truth, which `task_oracle` skips.
+        variants: method -> the signals of TIVE run another way (`VARIANTS`: e.g. `tive_lastk`'s features of the
+            last layer only), computed only when the plan holds the method.
     """
 
     tasks: list[str]
@@ -77,6 +80,7 @@ class Signals:
     exclude_tasks: tuple[str, ...] = ()
     defective: np.ndarray | None = None
     oracle_skip_tasks: tuple[str, ...] = ()
+    variants: dict[str, "Signals"] = field(default_factory=dict)
     task_sizes: dict[str, int] = field(init=False)
 
     def __post_init__(self) -> None:
@@ -245,6 +249,21 @@ def m_task_oracle(s: Signals, k: int, seed: int) -> np.ndarray:
     return _positions(counts)
 
 
+def m_tive_lastk(s: Signals, k: int, seed: int) -> np.ndarray:
+    return m_tive(_variant(s, "tive_lastk"), k, seed)
+
+
+def _variant(s: Signals, method: str) -> Signals:
+    if method not in s.variants:
+        settings = ", ".join(f"{k} {v}" for k, v in VARIANTS[method][1].items())
+        raise TiveError(f"method {method} needs the signals of TIVE run with {settings}; the bench computes them when "
+                        "the plan holds the method")
+    return s.variants[method]
+
+
+VARIANTS: dict[str, tuple[str, dict[str, str]]] = {"tive_lastk": ("tive", {"layers": "last:1"})}
+"""Methods that are TIVE run another way: method -> (the method applied, the selection settings that differ)."""
+
 CONTROLS = ("clean_oracle", "task_oracle")
 """Methods that read the world's ground truth: they run only in a world with known defects."""
 
@@ -262,6 +281,7 @@ METHODS: dict[str, Callable[[Signals, int, int], np.ndarray]] = {
     "el2n_balanced": m_el2n_balanced,
     "length_balanced": m_length_balanced,
     "clusters": m_clusters,
+    "tive_lastk": m_tive_lastk,
     "clean_oracle": m_clean_oracle,
     "task_oracle": m_task_oracle,
 }
@@ -319,5 +339,5 @@ def task_shares(signals: Signals, positions: Sequence[int]) -> dict[str, int]:
     return {task: counts.get(task, 0) for task in signals.task_sizes}
 
 
-__all__ = ["ALLOCATIONS", "CONTROLS", "FULL", "METHODS", "allocation_values", "Signals", "choose_subset", "task_shares",
+__all__ = ["ALLOCATIONS", "CONTROLS", "FULL", "VARIANTS", "METHODS", "allocation_values", "Signals", "choose_subset", "task_shares",
            "split_budget"]

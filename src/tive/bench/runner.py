@@ -25,14 +25,14 @@ import json
 import logging
 import os
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
 from tive.bench.defects import CHOICE_SCORES, Truth, method_defects, read_truth
-from tive.bench.methods import CONTROLS, FULL, METHODS, Signals, choose_subset, task_shares
+from tive.bench.methods import CONTROLS, FULL, METHODS, VARIANTS, Signals, choose_subset, task_shares
 from tive.bench.model import RECIPES, BaseSettings, Recipe
 from tive.bench.options import check_fields, default_of, flag_of
 from tive.bench.world import DEFAULT_WORLDS, WorldSizes, write_world
@@ -47,7 +47,7 @@ log = logging.getLogger("tive")
 
 ABLATIONS = ("random_stratified", "tive_task_only", "tive_instance_only", "tive_diverse", "clusters",
              "grad_norm_balanced", "el2n_balanced", "length_balanced", "grad_norm", "el2n", "length",
-             "clean_oracle", "task_oracle")
+             "tive_lastk", "clean_oracle", "task_oracle")
 # The default plan (issue 19, item 7): in each world at 15% with equal steps and 4 seeds, full, random, tive and
 # random_stratified, and in a world with known defects the two controls: 40 runs over clean and mixed.
 DEFAULT_METHODS = ("random_stratified", "clean_oracle", "task_oracle")
@@ -134,6 +134,7 @@ class SelectionSettings:
     choose: str = opt(DEFAULT_METHOD, "TIVE's instance choice within a task, as `tive run`",
                       choices=SelectOptions.__dataclass_fields__["choose"].metadata["choices"])
     temperature: float = opt(DEFAULT_TEMPERATURE, "TIVE's sampling temperature, as `tive run`", above=0)
+    layers: str = "all"  # the features' LoRA matrices (`tive features --layers`); `tive_lastk` uses last:1
 
     def __post_init__(self) -> None:
         check_fields(self)
@@ -234,6 +235,8 @@ def compute_signals(inputs: Inputs, out: Path, base_dir: Path, key: str, items: 
     torch.set_num_threads(threads)
     # Instance choice and temperature act at selection time only; the stages depend on the rest.
     stage_settings = {k: v for k, v in asdict(settings).items() if k not in ("choose", "temperature")}
+    if settings.layers == "all":
+        del stage_settings["layers"]  # as before the setting existed: the default's caches stay valid
     run_dir = out / "selection" / sha256_json({"settings": stage_settings, "inputs": key, "seed": seed})[:12]
     timing: dict[str, float] = {}
     signals_path = run_dir / "bench_signals.npz"
@@ -259,7 +262,8 @@ def compute_signals(inputs: Inputs, out: Path, base_dir: Path, key: str, items: 
                                       epochs=settings.epochs, seed=settings.seed + seed, device="cpu"))
     timing["warmup"] = _elapsed(started)
     started = time.perf_counter()
-    run_features(run_dir, FeaturesOptions(proj_dim=settings.proj_dim, proj_seed=seed, device="cpu"))
+    run_features(run_dir, FeaturesOptions(proj_dim=settings.proj_dim, proj_seed=seed, device="cpu",
+                                          layers=settings.layers))
     timing["features"] = _elapsed(started)
     started = time.perf_counter()
     run_score(run_dir)
@@ -375,8 +379,11 @@ def defect_table(truth: Truth, per_seed: list[Signals], jobs: list[dict[str, Any
                 and j["recipe_name"] == plan.recipes[0]]
         if not runs:
             continue
-        attribute = CHOICE_SCORES.get(method)
-        scores = None if attribute is None else [getattr(per_seed[j["seed"]], attribute) for j in runs]
+        source = VARIANTS[method][0] if method in VARIANTS else method
+        attribute = CHOICE_SCORES.get(source)
+        scores = None if attribute is None else [
+            getattr(per_seed[j["seed"]].variants[method] if method in VARIANTS else per_seed[j["seed"]], attribute)
+            for j in runs]
         table[method] = {"budget": plan.ablation_budget,
                          **method_defects(truth, per_seed[0].tasks, [j["positions"] for j in runs], scores)}
     return table
@@ -579,6 +586,14 @@ def run_bench(out: Path, inputs: Inputs, plan: Plan, base_settings: BaseSettings
     for seed in range(plan.seeds):
         signals, seed_timing, seed_dir = compute_signals(inputs, out, base_dir, keys["selection_inputs"],
                                                          encoded["items"], selection, main_threads, seed)
+        for method in (m for m in plan.ablations if m in VARIANTS):
+            _, overrides = VARIANTS[method]
+            say(f"bench: selection signals of {method} ({', '.join(f'{k} {v}' for k, v in overrides.items())})")
+            variant, variant_timing, _ = compute_signals(inputs, out, base_dir, keys["selection_inputs"],
+                                                         encoded["items"], replace(selection, **overrides),
+                                                         main_threads, seed)
+            signals.variants[method] = variant
+            seed_timing = {**seed_timing, **{f"{method}_{k}": v for k, v in variant_timing.items()}}
         per_seed.append(attach_truth(signals, truth))
         selection_timings.append(seed_timing)
         selection_dirs.append(seed_dir)
