@@ -170,3 +170,27 @@ def test_worlds_share_one_base_and_the_controls_run_where_defects_are(tmp_path: 
     assert not (out / "clean" / "base").exists() and not (out / "mixed" / "base").exists()
     assert results["timing"]["worlds"]["mixed"]["base_model_cached"] is True
     assert base["key"]
+
+
+def test_tive_proxy_selects_with_a_smaller_model_of_its_own(tmp_path: Path) -> None:
+    # Issue 21, item 4: the proxy's reference model is a narrower slot model with its own prior and captions; its
+    # subsets train the default model like every other method's.
+    out = tmp_path / "proxy"
+    plan = dataclasses.replace(PLAN, ablations=("tive_proxy",))
+    results = run_bench(out, world_inputs(out, seed=1, sizes=SIZES), plan, BASE, SELECTION)
+    assert {r["method"] for r in results["runs"]} == {"full", "tive", "random", "tive_proxy"}
+    proxy = json.loads((out / "base_proxy" / "config.json").read_text())["text_config"]
+    main = json.loads((out / "base" / "config.json").read_text())["text_config"]
+    assert proxy["hidden_size"] == main["hidden_size"] // 2
+    assert len(list((out / "prior").iterdir())) == 2  # each model its own language prior
+    assert len(list((out / "selection").iterdir())) == 2  # and its own selection run
+    sizes = {r["records"] for r in results["runs"] if r["method"] != "full"}
+    assert len(sizes) == 1
+
+
+def test_tive_proxy_is_refused_without_the_slot_vision(tmp_path: Path) -> None:
+    out = tmp_path / "pixels"
+    plan = dataclasses.replace(PLAN, ablations=("tive_proxy",))
+    with pytest.raises(TiveError, match="tive_proxy: selects with a smaller bench model"):
+        run_bench(out, world_inputs(out, seed=1, sizes=SIZES), plan, dataclasses.replace(BASE, vision="pixels"),
+                  SELECTION)

@@ -30,6 +30,9 @@ def _signals(n: int = 997, seed: int = 0) -> Signals:
     signals.variants["tive_lastk"] = Signals(tasks=tasks, grad_norms=norms[::-1].copy(), values=rng.uniform(-1, 1, n),
                                              task_values={t: 1.0 + i for i, t in enumerate(names)},
                                              el2n=signals.el2n, answer_tokens=signals.answer_tokens)
+    signals.variants["tive_proxy"] = Signals(tasks=tasks, grad_norms=norms, values=rng.uniform(-1, 1, n),
+                                             task_values={t: 4.0 - i for i, t in enumerate(names)},
+                                             el2n=signals.el2n, answer_tokens=signals.answer_tokens)
     return signals
 
 
@@ -236,12 +239,13 @@ def test_oracles_refuse_data_without_a_ground_truth() -> None:
             choose_subset(method, signals, 0.15, 0)
 
 
-def test_tive_lastk_is_tive_on_the_last_layer_signals() -> None:
+@pytest.mark.parametrize(("method", "named"), [("tive_lastk", "layers last:1"), ("tive_proxy", "proxy base model")])
+def test_tive_variants_are_tive_on_their_own_signals(method: str, named: str) -> None:
     signals = _signals()
-    variant = signals.variants["tive_lastk"]
+    variant = signals.variants[method]
     for seed in (0, 3):
-        assert np.array_equal(choose_subset("tive_lastk", signals, 0.15, seed), choose_subset("tive", variant, 0.15, seed))
-    assert not np.array_equal(choose_subset("tive_lastk", signals, 0.15, 0), choose_subset("tive", signals, 0.15, 0))
+        assert np.array_equal(choose_subset(method, signals, 0.15, seed), choose_subset("tive", variant, 0.15, seed))
+    assert not np.array_equal(choose_subset(method, signals, 0.15, 0), choose_subset("tive", signals, 0.15, 0))
     signals.variants = {}
-    with pytest.raises(TiveError, match="layers last:1"):
-        choose_subset("tive_lastk", signals, 0.15, 0)
+    with pytest.raises(TiveError, match=named):
+        choose_subset(method, signals, 0.15, 0)

@@ -18,6 +18,7 @@ duplicates. Methods:
 | `grad_norm_balanced`, `el2n_balanced`, `length_balanced` | the input's | the same scores, highest first within each task |
 | `clusters` | none: equal shares of k-means clusters of the gradient features (capped by their size) | uniform |
 | `tive_lastk` | TIVE's, from features of the last decoder layer's LoRA matrices only (`--layers last:1`) | TIVE's, from the same features |
+| `tive_proxy` | TIVE's, from a smaller bench model (half the width, its own prior and captions) | TIVE's, from the same |
 | `clean_oracle` (control) | the input's | uniform over the records without a known defect |
 | `task_oracle` (control) | the input's, none for the known-skill and trap tasks | uniform |
 
@@ -255,14 +256,22 @@ def m_tive_lastk(s: Signals, k: int, seed: int) -> np.ndarray:
 
 def _variant(s: Signals, method: str) -> Signals:
     if method not in s.variants:
-        settings = ", ".join(f"{k} {v}" for k, v in VARIANTS[method][1].items())
+        settings = ", ".join([*(f"{k} {v}" for k, v in VARIANTS[method][1].items()),
+                              *([f"the {VARIANT_BASES[method]} base model"] if method in VARIANT_BASES else [])])
         raise TiveError(f"method {method} needs the signals of TIVE run with {settings}; the bench computes them when "
                         "the plan holds the method")
     return s.variants[method]
 
 
-VARIANTS: dict[str, tuple[str, dict[str, str]]] = {"tive_lastk": ("tive", {"layers": "last:1"})}
+def m_tive_proxy(s: Signals, k: int, seed: int) -> np.ndarray:
+    return m_tive(_variant(s, "tive_proxy"), k, seed)
+
+
+VARIANTS: dict[str, tuple[str, dict[str, str]]] = {"tive_lastk": ("tive", {"layers": "last:1"}),
+                                                   "tive_proxy": ("tive", {})}
 """Methods that are TIVE run another way: method -> (the method applied, the selection settings that differ)."""
+VARIANT_BASES = {"tive_proxy": "proxy"}
+"""Variants whose reference model is another bench model (`slots.SLOT_SIZES`), with its own prior and captions."""
 
 CONTROLS = ("clean_oracle", "task_oracle")
 """Methods that read the world's ground truth: they run only in a world with known defects."""
@@ -282,6 +291,7 @@ METHODS: dict[str, Callable[[Signals, int, int], np.ndarray]] = {
     "length_balanced": m_length_balanced,
     "clusters": m_clusters,
     "tive_lastk": m_tive_lastk,
+    "tive_proxy": m_tive_proxy,
     "clean_oracle": m_clean_oracle,
     "task_oracle": m_task_oracle,
 }
@@ -339,5 +349,5 @@ def task_shares(signals: Signals, positions: Sequence[int]) -> dict[str, int]:
     return {task: counts.get(task, 0) for task in signals.task_sizes}
 
 
-__all__ = ["ALLOCATIONS", "CONTROLS", "FULL", "VARIANTS", "METHODS", "allocation_values", "Signals", "choose_subset", "task_shares",
+__all__ = ["ALLOCATIONS", "CONTROLS", "FULL", "VARIANTS", "VARIANT_BASES", "METHODS", "allocation_values", "Signals", "choose_subset", "task_shares",
            "split_budget"]

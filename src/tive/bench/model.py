@@ -110,6 +110,7 @@ class BaseSettings:
                       "world, pixels for --train data)", choices=("auto", "slots", "pixels"))
     prior_steps: int = opt(2000, "slot base: optimiser steps of the language prior on the prior stream",
                            flag="--prior-steps", min=0)
+    size: str = "tiny"  # the slot model's language model: tiny, or proxy (`slots.SLOT_SIZES`, for tive_proxy)
 
     def __post_init__(self) -> None:
         check_fields(self)
@@ -146,6 +147,7 @@ def build_prior(prior_root: Path, prior: Sequence[Record], align: Sequence[Recor
         "training_loop": TRAINING_LOOP,
         "settings": {k: getattr(settings, k) for k in ("seed", "vocab_size", "prior_steps", "batch_size",
                                                        "learning_rate")},
+        **({"size": settings.size} if settings.size != "tiny" else {}),
         "prior": [record_content(r) for r in prior],
         "align": [[t.text() for t in r.turns] for r in align],
     })
@@ -156,7 +158,7 @@ def build_prior(prior_root: Path, prior: Sequence[Record], align: Sequence[Recor
         return prior_dir, key, json.loads(marker.read_text())
     started = time.perf_counter()
     build_slot_model(prior_dir, _tokenizer_texts(prior, align), table, seed=settings.seed,
-                     vocab_size=settings.vocab_size)
+                     vocab_size=settings.vocab_size, preset=settings.size)
     model, processor = load_base(prior_dir)
     losses: list[float] = []
     if prior and settings.prior_steps:
@@ -197,7 +199,7 @@ def build_slot_base(base_dir: Path, prior_root: Path, train: Sequence[Record], a
     key = sha256_json({
         "training_loop": TRAINING_LOOP,
         "vision": "slots",
-        "settings": asdict(settings),
+        "settings": _settings_key(settings),
         "prior": prior_key,
         "align": [record_content(r) for r in align],
         "table": sha256_json(table),
@@ -237,6 +239,14 @@ def build_slot_base(base_dir: Path, prior_root: Path, train: Sequence[Record], a
     return info
 
 
+def _settings_key(settings: BaseSettings) -> dict[str, Any]:
+    """The settings in a cache key; `size` only when it is not the default, so older caches stay valid."""
+    values = asdict(settings)
+    if values["size"] == "tiny":
+        del values["size"]
+    return values
+
+
 def _cached_base(base_dir: Path, key: str, say: Any) -> dict[str, Any] | None:
     """The base model's marker when `base_dir` already holds the base made for `key` (said), else None."""
     marker = base_dir / BASE_MARKER
@@ -268,7 +278,7 @@ def build_base(base_dir: Path, train: Sequence[Record], align: Sequence[Record],
     marker = base_dir / BASE_MARKER
     key = sha256_json({
         "training_loop": TRAINING_LOOP,
-        "settings": asdict(settings),
+        "settings": _settings_key(settings),
         "train": [[t.text() for t in r.turns] for r in train],
         "align": [record_content(r) for r in align],
         "vision": [record_content(r) for r in vision],

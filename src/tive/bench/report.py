@@ -17,7 +17,7 @@ import numpy as np
 AT_CHANCE_POINTS = 10.0
 ORDER = ("full", "random", "random_stratified", "tive", "tive_task_only", "tive_instance_only", "tive_diverse",
          "clusters", "grad_norm_balanced", "el2n_balanced", "length_balanced", "grad_norm", "el2n", "length",
-         "tive_lastk", "clean_oracle", "task_oracle")
+         "tive_lastk", "tive_proxy", "clean_oracle", "task_oracle")
 RECIPE_TITLES = {
     "steps": "Equal steps — every run takes the full-data run's optimiser steps: what the data itself teaches",
     "epochs": "Equal epochs — every run takes the full data's number of passes over its subset (the paper's): a "

@@ -32,7 +32,7 @@ from typing import Any
 import numpy as np
 
 from tive.bench.defects import CHOICE_SCORES, Truth, method_defects, read_truth
-from tive.bench.methods import CONTROLS, FULL, METHODS, VARIANTS, Signals, choose_subset, task_shares
+from tive.bench.methods import CONTROLS, FULL, METHODS, VARIANT_BASES, VARIANTS, Signals, choose_subset, task_shares
 from tive.bench.model import RECIPES, BaseSettings, Recipe
 from tive.bench.options import check_fields, default_of, flag_of
 from tive.bench.world import DEFAULT_WORLDS, WorldSizes, write_world
@@ -47,7 +47,7 @@ log = logging.getLogger("tive")
 
 ABLATIONS = ("random_stratified", "tive_task_only", "tive_instance_only", "tive_diverse", "clusters",
              "grad_norm_balanced", "el2n_balanced", "length_balanced", "grad_norm", "el2n", "length",
-             "tive_lastk", "clean_oracle", "task_oracle")
+             "tive_lastk", "tive_proxy", "clean_oracle", "task_oracle")
 # The default plan (issue 19, item 7): in each world at 15% with equal steps and 4 seeds, full, random, tive and
 # random_stratified, and in a world with known defects the two controls: 40 runs over clean and mixed.
 DEFAULT_METHODS = ("random_stratified", "clean_oracle", "task_oracle")
@@ -492,6 +492,24 @@ def alignment_sources(inputs: Inputs, records: list[Record]) -> tuple[list[Recor
         "--align CAPTIONS.json for LLaVA's caption alignment instead")
 
 
+def build_variant_base(shared: Shared, size: str, records: list[Record], align: list[Record], prior: list[Record],
+                       table: dict[str, Any], base_settings: BaseSettings,
+                       keys: dict[str, str]) -> tuple[Path, str, list[dict[str, Any]]]:
+    """A slot base of another size (`tive_proxy`'s reference model, with its own prior and caption phase, in
+    DIR/base_<size>), the key of its selection runs and the training records encoded by its processor."""
+    from dataclasses import replace as replaced
+
+    from tive.bench.model import build_slot_base, encode
+    from tive.model.loading import load_base
+
+    base_dir = shared.base_dir.with_name(f"{shared.base_dir.name}_{size}")
+    info = build_slot_base(base_dir, shared.prior_root, records, align, prior, table,
+                           replaced(base_settings, size=size), say=say)
+    _, processor = load_base(base_dir)
+    key = sha256_json({"base": info["key"], "train": keys["selection_inputs"]})
+    return base_dir, key, [encode(processor, r) for r in records]
+
+
 def resolve_vision(settings: BaseSettings, inputs: Inputs) -> str:
     """`slots` or `pixels`: `auto` is slots for the built-in world (its scenes are recorded), pixels otherwise."""
     if settings.vision == "pixels":
@@ -544,6 +562,10 @@ def run_bench(out: Path, inputs: Inputs, plan: Plan, base_settings: BaseSettings
     shared = shared if shared is not None else Shared(out / "base", out / "prior")
     base_dir = shared.base_dir
     vision_kind = resolve_vision(base_settings, inputs)
+    needs_base = [m for m in plan.ablations if m in VARIANT_BASES]
+    if needs_base and vision_kind != "slots":
+        raise TiveError(f"--methods {','.join(needs_base)}: selects with a smaller bench model, which needs the "
+                        "built-in world's slot vision; leave it out with --train data or --vision pixels")
     if vision_kind == "slots":
         from tive.bench.model import build_slot_base
         from tive.bench.slots import read_scene_table, register
@@ -583,15 +605,23 @@ def run_bench(out: Path, inputs: Inputs, plan: Plan, base_settings: BaseSettings
 
     truth = read_truth(inputs.defects, [str(r.record_id) for r in records]) if inputs.defects is not None else None
     per_seed, selection_timings, selection_dirs = [], [], []
+    variant_bases: dict[str, tuple[Path, str, list[dict[str, Any]]]] = {}
     for seed in range(plan.seeds):
         signals, seed_timing, seed_dir = compute_signals(inputs, out, base_dir, keys["selection_inputs"],
                                                          encoded["items"], selection, main_threads, seed)
         for method in (m for m in plan.ablations if m in VARIANTS):
             _, overrides = VARIANTS[method]
-            say(f"bench: selection signals of {method} ({', '.join(f'{k} {v}' for k, v in overrides.items())})")
-            variant, variant_timing, _ = compute_signals(inputs, out, base_dir, keys["selection_inputs"],
-                                                         encoded["items"], replace(selection, **overrides),
-                                                         main_threads, seed)
+            variant_base, variant_key, variant_items = base_dir, keys["selection_inputs"], encoded["items"]
+            if method in VARIANT_BASES:
+                if method not in variant_bases:
+                    variant_bases[method] = build_variant_base(shared, VARIANT_BASES[method], records, align, prior,
+                                                               table, base_settings, keys)
+                variant_base, variant_key, variant_items = variant_bases[method]
+            say(f"bench: selection signals of {method} ("
+                + ", ".join([*(f"{k} {v}" for k, v in overrides.items()),
+                             *([f"the {VARIANT_BASES[method]} base model"] if method in VARIANT_BASES else [])]) + ")")
+            variant, variant_timing, _ = compute_signals(inputs, out, variant_base, variant_key, variant_items,
+                                                         replace(selection, **overrides), main_threads, seed)
             signals.variants[method] = variant
             seed_timing = {**seed_timing, **{f"{method}_{k}": v for k, v in variant_timing.items()}}
         per_seed.append(attach_truth(signals, truth))

@@ -254,6 +254,11 @@ def build_tokenizer(texts: Iterable[str], vocab_size: int) -> Any:
     return tokenizer
 
 
+# A smaller language model for `tive_proxy` (issue 21, item 4): the bench's tiny model (2 layers of width 128) at half
+# the width, about a quarter of its decoder's parameters, as COINCIDE selects for a 7B model with a 2B one.
+SLOT_SIZES = {"proxy": {"hidden_size": 64, "intermediate_size": 128, "num_hidden_layers": 2, "num_attention_heads": 2}}
+
+
 def build_slot_model(out_dir: Path, texts: Iterable[str], table: dict[str, Sequence[Sequence[str | None]]],
                      seed: int, vocab_size: int = 2048, preset: str = "tiny") -> Path:
     """Build the slot model (random weights from `seed`) and its processor into `out_dir`.
@@ -279,7 +284,8 @@ def build_slot_model(out_dir: Path, texts: Iterable[str], table: dict[str, Seque
     # The vision tower is unused (image features come from the slots); a minimal CLIP keeps LLaVA's structure.
     vision = CLIPVisionConfig(hidden_size=8, intermediate_size=8, num_hidden_layers=1, num_attention_heads=1,
                               image_size=3, patch_size=1, num_channels=CHANNELS)
-    text = LlamaConfig(vocab_size=len(tokenizer), **PRESETS[preset], max_position_embeddings=1024,
+    shape = SLOT_SIZES[preset] if preset in SLOT_SIZES else PRESETS[preset]
+    text = LlamaConfig(vocab_size=len(tokenizer), **shape, max_position_embeddings=1024,
                        pad_token_id=tokenizer.pad_token_id, bos_token_id=tokenizer.bos_token_id,
                        eos_token_id=tokenizer.eos_token_id)
     config = classes["config"](vision_config=vision, text_config=text,
