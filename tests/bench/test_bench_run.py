@@ -7,6 +7,7 @@ import json
 import time
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 from tive.bench.model import BaseSettings, Recipe
@@ -194,3 +195,18 @@ def test_tive_proxy_is_refused_without_the_slot_vision(tmp_path: Path) -> None:
     with pytest.raises(TiveError, match="tive_proxy: selects with a smaller bench model"):
         run_bench(out, world_inputs(out, seed=1, sizes=SIZES), plan, dataclasses.replace(BASE, vision="pixels"),
                   SELECTION)
+
+
+def test_selection_runs_in_worker_processes_give_the_same_signals(bench: tuple[Path, dict], tmp_path: Path) -> None:
+    # With several workers every seed's TIVE stages run in their own process; seed 0's signals equal those computed
+    # in the main process (the module's bench, one worker).
+    out = tmp_path / "pool"
+    plan = dataclasses.replace(PLAN, seeds=2, workers=2, ablations=())
+    results = run_bench(out, world_inputs(out, seed=1, sizes=SIZES), plan, BASE, SELECTION)
+    assert len(results["caches"]["selection"]) == 2
+    here = np.load(Path(bench[1]["caches"]["selection"][0]) / "bench_signals.npz")
+    pooled = np.load(Path(results["caches"]["selection"][0]) / "bench_signals.npz")
+    for name in ("values", "grad_norms", "el2n"):
+        np.testing.assert_allclose(pooled[name], here[name], rtol=1e-5, atol=1e-6)
+    assert results["task_values_per_seed"][0] == pytest.approx(bench[1]["task_values_per_seed"][0])
+    assert results["task_values_per_seed"][1] != results["task_values_per_seed"][0]

@@ -492,6 +492,37 @@ def alignment_sources(inputs: Inputs, records: list[Record]) -> tuple[list[Recor
         "--align CAPTIONS.json for LLaVA's caption alignment instead")
 
 
+def _selection_job(inputs: Inputs, out: Path, base_dir: Path, key: str, items: list[dict[str, Any]],
+                   settings: SelectionSettings, threads: int, seed: int, slots: bool) -> tuple[Signals, dict[str, float], Path]:
+    """One selection run in a worker process (the slot model's classes registered there too)."""
+    if slots:
+        from tive.bench.slots import register
+
+        register()
+    return compute_signals(inputs, out, base_dir, key, items, settings, threads, seed)
+
+
+def run_selections(inputs: Inputs, out: Path, tasks: list[tuple[Any, ...]], plan: Plan,
+                   slots: bool) -> list[tuple[Signals, dict[str, float], Path]]:
+    """Every selection run of `tasks` ((method or None, seed, base, key, items, settings)), in task order: in
+    worker processes (as many as the training runs get, each with cpu_count / workers threads) when there are
+    several, else here."""
+    from concurrent.futures import ProcessPoolExecutor
+    import multiprocessing
+
+    cpus = os.cpu_count() or 1
+    workers = max(1, min(plan.workers if plan.workers is not None else default_workers(), len(tasks)))
+    threads = max(1, cpus // workers)
+    if workers == 1:
+        return [_selection_job(inputs, out, base, key, items, settings, max(1, cpus // 2), seed, slots)
+                for _, seed, base, key, items, settings in tasks]
+    say(f"bench: {len(tasks)} selection runs (TIVE's stages), {workers} worker(s) x {threads} thread(s)")
+    with ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("spawn")) as pool:
+        futures = [pool.submit(_selection_job, inputs, out, base, key, items, settings, threads, seed, slots)
+                   for _, seed, base, key, items, settings in tasks]
+        return [future.result() for future in futures]
+
+
 def build_variant_base(shared: Shared, size: str, records: list[Record], align: list[Record], prior: list[Record],
                        table: dict[str, Any], base_settings: BaseSettings,
                        keys: dict[str, str]) -> tuple[Path, str, list[dict[str, Any]]]:
@@ -604,29 +635,32 @@ def run_bench(out: Path, inputs: Inputs, plan: Plan, base_settings: BaseSettings
         os.replace(cache_path.with_suffix(".tmp"), cache_path)
 
     truth = read_truth(inputs.defects, [str(r.record_id) for r in records]) if inputs.defects is not None else None
-    per_seed, selection_timings, selection_dirs = [], [], []
+    # TIVE's stages once per seed, and once more per seed for each variant method (`methods.VARIANTS`); the runs are
+    # independent, so they go to worker processes like the training runs.
+    tasks: list[tuple[str | None, int, Path, str, list[dict[str, Any]], SelectionSettings]] = []
     variant_bases: dict[str, tuple[Path, str, list[dict[str, Any]]]] = {}
     for seed in range(plan.seeds):
-        signals, seed_timing, seed_dir = compute_signals(inputs, out, base_dir, keys["selection_inputs"],
-                                                         encoded["items"], selection, main_threads, seed)
+        tasks.append((None, seed, base_dir, keys["selection_inputs"], encoded["items"], selection))
         for method in (m for m in plan.ablations if m in VARIANTS):
-            _, overrides = VARIANTS[method]
             variant_base, variant_key, variant_items = base_dir, keys["selection_inputs"], encoded["items"]
             if method in VARIANT_BASES:
                 if method not in variant_bases:
                     variant_bases[method] = build_variant_base(shared, VARIANT_BASES[method], records, align, prior,
                                                                table, base_settings, keys)
                 variant_base, variant_key, variant_items = variant_bases[method]
-            say(f"bench: selection signals of {method} ("
-                + ", ".join([*(f"{k} {v}" for k, v in overrides.items()),
-                             *([f"the {VARIANT_BASES[method]} base model"] if method in VARIANT_BASES else [])]) + ")")
-            variant, variant_timing, _ = compute_signals(inputs, out, variant_base, variant_key, variant_items,
-                                                         replace(selection, **overrides), main_threads, seed)
-            signals.variants[method] = variant
-            seed_timing = {**seed_timing, **{f"{method}_{k}": v for k, v in variant_timing.items()}}
-        per_seed.append(attach_truth(signals, truth))
-        selection_timings.append(seed_timing)
-        selection_dirs.append(seed_dir)
+            tasks.append((method, seed, variant_base, variant_key, variant_items,
+                          replace(selection, **VARIANTS[method][1])))
+    outcomes = run_selections(inputs, out, tasks, plan, vision_kind == "slots")
+    per_seed, selection_timings, selection_dirs = [], [], []
+    for (method, seed, *_), (seed_signals, seed_timing, seed_dir) in zip(tasks, outcomes):
+        if method is None:
+            per_seed.append(attach_truth(seed_signals, truth))
+            selection_timings.append(seed_timing)
+            selection_dirs.append(seed_dir)
+        else:
+            per_seed[seed].variants[method] = seed_signals
+            selection_timings[seed] = {**selection_timings[seed],
+                                       **{f"{method}_{k}": v for k, v in seed_timing.items()}}
     signals = per_seed[0]
     selection_timing = {name: round(sum(t.get(name, 0.0) for t in selection_timings), 1)
                         for name in selection_timings[0]}
