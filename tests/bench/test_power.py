@@ -208,19 +208,20 @@ def test_summary_counts_seeds_met_and_keeps_held_out_apart(power) -> None:
 
 
 def test_the_script_writes_power_json_and_md_per_folder(power, tmp_path, capsys) -> None:
-    for seed in (0, 1):
+    for seed in (0, 1, 4):
         folder = tmp_path / f"b{seed}"
         folder.mkdir()
         results = _results({("clean", "random"): 58.0} if seed else None)
         results["world_seed"] = seed
         (folder / "results.json").write_text(json.dumps(results))
-    power["run"]([str(tmp_path / "b0"), str(tmp_path / "b1")])
+    power["run"]([str(tmp_path / "b0"), str(tmp_path / "b1"), "--held-out", str(tmp_path / "b4")])
+    assert (tmp_path / "b4" / "power.md").is_file()
     saved = json.loads((tmp_path / "b1" / "power.json").read_text())
     assert {c["id"]: c["met"] for c in saved["checks"]}["data_matters"] is False
     md = (tmp_path / "b0" / "power.md").read_text()
     assert md.startswith("| target | measured | met |")
     out = capsys.readouterr().out
-    assert "1 of 2" in out and "2 of 2" in out
+    assert "1 of 2" in out and "2 of 2" in out and "seed 4 (held out)" in out and "0 of 1" in out
 
 
 def test_a_folder_without_results_is_a_clear_error(power, tmp_path) -> None:
