@@ -503,8 +503,8 @@ def _random_batches(n: int, batch_size: int, generator: Any) -> list[list[int]]:
     length depends on its answer ("yes" is two tokens of this tokenizer, "no" one), so length-sorted batches
     hold one answer each, and the step-to-step swing between all-"yes" and all-"no" batches drowns the signal
     that tells them apart. Measured on text-only questions ("Is there a circle in the image?" about a one-shape
-    scene written in words; an experiment copy of `benchmarks/bench_lm_skills.py`, 20,000 records, the tiny
-    model): after 1,000 steps of length-sorted batches every answer was "no" (52% right); with random batches 100%.
+    scene written in words; a text-only study of the tiny model, since retired, 20,000 records): after 1,000
+    steps of length-sorted batches every answer was "no" (52% right); with random batches 100%.
     """
     import torch
 
