@@ -38,14 +38,17 @@ def main(argv: list[str] | None = None) -> int:
     torch.set_num_threads(1)
     model_dir = args.model or max((args.out / "prior").iterdir(), key=lambda p: p.stat().st_mtime)
     model, processor = load_base(model_dir)
-    table = json.loads((args.out / "world" / "scenes.json").read_text())
-    images = args.out / "world" / "images"
+    # A bench folder holds one world per kind (DIR/clean/world, ...); an older one held DIR/world.
+    world_dir = next((d for d in (args.out / "world", args.out / "clean" / "world", args.out / "mixed" / "world")
+                      if d.is_dir()), args.out / "world")
+    table = json.loads((world_dir / "scenes.json").read_text())
+    images = world_dir / "images"
     from tive.bench.world import pixel_digest
     from tive.model.encode import load_images
 
     scenes = []
     for name in ("vqav2", "pope", "gqa", "refcoco"):
-        for record in load_benchmark(args.out / "world" / "eval" / f"{name}.json", images).records:
+        for record in load_benchmark(world_dir / "eval" / f"{name}.json", images).records:
             slots = table[pixel_digest(load_images(record)[0])]
             items = [w.Item(s[1], s[0], w.ROWS.index(s[2]), w.COLS.index(s[3]), (0, 0, 1, 1))
                      for s in slots if s[0] != "empty"]
