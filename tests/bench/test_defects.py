@@ -11,7 +11,8 @@ import numpy as np
 import pytest
 
 from tive.bench.defects import auroc, method_defects, read_truth
-from tive.bench.world import DEFECTS, WORLD_KINDS, WORLD_TASKS, WorldSizes, write_world
+from tive.bench.world import (COLORS, DEFECTS, NUMBERS, PLACES, SHAPES, WORLD_KINDS, WORLD_TASKS, WorldSizes,
+                              wrong_answer, write_world)
 from tive.errors import TiveError
 
 SIZES = WorldSizes(train=900, align=10, eval=8, prior=10)
@@ -47,10 +48,10 @@ def test_mixed_world_lists_every_defect_in_its_own_tasks(worlds: dict) -> None:
     by_defect: dict[str, set[str]] = {}
     for (task, defect), _ in listed.items():
         by_defect.setdefault(defect, set()).add(task)
-    assert by_defect == {"wrong_answer": {"vqav2", "gqa"}, "off_format": {"ocrvqa"}, "near_duplicate": {"refcoco"},
+    assert by_defect == {"wrong_answer": {"vqav2", "gqa", "vg"}, "off_format": {"ocrvqa"}, "near_duplicate": {"refcoco"},
                          "trap": {"quiz"}}
     # 30% of the records of each wrong/off-format task, every trap record.
-    for task in ("vqav2", "gqa"):
+    for task in ("vqav2", "gqa", "vg"):
         assert listed[(task, "wrong_answer")] == round(0.3 * tasks[task])
     assert listed[("ocrvqa", "off_format")] == round(0.3 * tasks["ocrvqa"])
     assert listed[("quiz", "trap")] == tasks["quiz"]
@@ -59,7 +60,6 @@ def test_mixed_world_lists_every_defect_in_its_own_tasks(worlds: dict) -> None:
 
 
 def test_defective_records_differ_from_the_clean_world_as_described(worlds: dict) -> None:
-    clean, _ = _load(worlds["clean"])
     train, truth = _load(worlds["mixed"])
     defect = {e["id"]: e["defect"] for e in truth["records"]}
     off = [r for r in train if defect.get(r["id"]) == "off_format"]
@@ -80,6 +80,20 @@ def test_defective_records_differ_from_the_clean_world_as_described(worlds: dict
     for members in copies:
         assert train[members[0]]["id"] not in defect
         assert all(defect.get(train[i]["id"]) == "near_duplicate" for i in members[1:])
+
+
+def test_a_wrong_answer_is_another_answer_of_the_same_kind() -> None:
+    rng = np.random.default_rng(0)
+    kinds = {"colour": (COLORS, "red"), "shape": (SHAPES, "circle"), "yes/no": (("yes", "no"), "yes"),
+             "count": (NUMBERS, "3"), "place": (PLACES, "top left")}
+    for name, (group, answer) in kinds.items():
+        for _ in range(20):
+            wrong = wrong_answer(rng, answer, ["x"])
+            assert wrong != answer and wrong in group, name
+    for _ in range(20):  # a shape's name (a region's description): another colour or another kind, never both
+        colour, kind = wrong_answer(rng, "red circle", ["x"]).split()
+        assert colour in COLORS and kind in SHAPES and (colour == "red") != (kind == "circle")
+    assert wrong_answer(rng, "42", ["41", "42"]) == "41"  # an answer of no known kind: another of the task's
 
 
 def test_tive_sees_no_trace_of_the_ground_truth(worlds: dict) -> None:

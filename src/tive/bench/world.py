@@ -659,9 +659,9 @@ class Defect:
 
 
 DEFECTS: dict[str, Defect] = {
-    "wrong": Defect("wrong_answer", ("vqav2", "gqa"), 0.3, True,
-                    "30% of the records of two short-answer tasks (vqav2, gqa) answer every question with another "
-                    "answer of the same task"),
+    "wrong": Defect("wrong_answer", ("vqav2", "gqa", "vg"), 0.3, True,
+                    "30% of the records of three short-answer tasks (vqav2, gqa, vg) answer every question with "
+                    "another answer of the same kind"),
     "offformat": Defect("off_format", ("ocrvqa",), 0.3, True,
                         "30% of the records of a short-answer task (ocrvqa) answer in a sentence although the "
                         "instruction asks for a single word or phrase"),
@@ -709,6 +709,11 @@ def wrong_answer(rng: np.random.Generator, answer: str, space: list[str]) -> str
     for group in ANSWER_GROUPS:
         if answer in group:
             return _pick(rng, [a for a in group if a != answer])
+    words = answer.split()
+    if len(words) == 2 and words[0] in COLORS and words[1] in SHAPES:  # a shape's name: another colour or kind
+        if rng.random() < 0.5:
+            return f"{_pick(rng, [c for c in COLORS if c != words[0]])} {words[1]}"
+        return f"{words[0]} {_pick(rng, [k for k in SHAPES if k != words[1]])}"
     return _pick(rng, [a for a in space if a != answer])
 
 
@@ -949,7 +954,7 @@ def world_config(seed: int, sizes: WorldSizes, kind: str = "clean") -> dict[str,
         "sizes": {"train": sizes.train, "align": sizes.align, "eval": sizes.eval, "prior": sizes.prior},
         "tasks": {t.name: t.redundancy for t in tasks},
         "benchmarks": sorted(BENCHMARKS),
-        "version": 4,
+        "version": 5,
     }
 
 
