@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from collections import Counter
 from pathlib import Path
 
 import numpy as np
@@ -189,3 +190,69 @@ def test_vision_auto_is_slots_for_the_world_and_pixels_for_own_data(tmp_path: Pa
     assert resolve_vision(BaseSettings(vision="pixels"), world_like) == "pixels"
     with pytest.raises(TiveError, match="--vision pixels"):
         resolve_vision(BaseSettings(vision="slots"), own)
+
+
+def _skill_shares(examples: list) -> dict[str, float]:
+    """The share of each skill among the questions of scene examples (told apart by the generators' phrasings)."""
+    kinds: Counter = Counter()
+    for example in examples:
+        for question, _ in example.turns:
+            words = question.split()
+            if question.startswith(("Is there a", "Can you see a")):
+                kinds["exists"] += 1
+            elif question.startswith(("Where is", "In which part")):
+                kinds["position"] += 1
+            elif question.startswith(("What color is the shape ", "Is the ")) or (
+                    question.startswith("What shape is ") and words[3] in ("to", "above", "below")):
+                kinds["relation"] += 1
+            else:
+                kinds["other"] += 1
+    total = sum(kinds.values())
+    return {k: kinds[k] / total for k in ("exists", "position", "relation", "other")}
+
+
+def test_prior_stream_weights_the_skills_that_bind_colour_and_shape() -> None:
+    from tive.bench.world import PRIOR_SHORT, PRIOR_SKILLS, SHORT, ask_weighted, prior_examples, skill_exists
+
+    examples = prior_examples(world_rng(0, "prior"), 600, set())
+    numbers = ("What number", "What is the number", "Which number")
+    scenes = [e for e in examples if not e.turns[0][0].startswith(numbers)]
+    shares = _skill_shares(scenes)
+    weights = dict((skill.__name__, weight) for skill, weight in PRIOR_SKILLS)
+    expected = weights["skill_exists"] / sum(weights.values())
+    # Existence (always applicable) gets its weight's share; the three binding skills most of the stream.
+    assert shares["exists"] == pytest.approx(expected, abs=0.05)
+    assert shares["exists"] + shares["position"] + shares["relation"] > 0.6
+    # Part of the questions in the short form (the instruction data's and the benchmarks'), answered in one word
+    # or phrase; the rest in sentences.
+    turns = [t for e in scenes for t in e.turns]
+    short = [(q, a) for q, a in turns if q.endswith(SHORT)]
+    assert len(short) / len(turns) == pytest.approx(PRIOR_SHORT, abs=0.05)
+    assert all(not a.endswith(".") for _, a in short) and {"yes", "no"} <= {a for _, a in short}
+    # A skill the scene does not allow is dropped and another drawn by weight.
+    rng = np.random.default_rng(0)
+    scene = make_scene(rng, 1, 1)
+    never = (lambda r, s: None, 100.0)
+    for _ in range(20):
+        assert ask_weighted(rng, scene, (never, (skill_exists, 1.0)))[1] in ("yes", "no")
+
+
+def test_caption_phase_mixes_prior_records_and_keys_on_the_share(world: dict, tmp_path: Path,
+                                                                  monkeypatch: pytest.MonkeyPatch) -> None:
+    from tive.bench import model as bench_model
+
+    prior, align = _records(world, "prior")[:12], _records(world, "align")[:6]
+    table = slots.read_scene_table(Path(world["scenes"]))
+    mixed = bench_model.caption_mix(prior, len(align), seed=0)
+    share = bench_model.CAPTION_PRIOR_SHARE
+    assert len(mixed) == round(len(align) * share / (1 - share)) > 0
+    assert {r.record_id for r in mixed} <= {r.record_id for r in prior}
+    assert [r.record_id for r in mixed] == [r.record_id for r in bench_model.caption_mix(prior, len(align), 0)]
+    settings = BaseSettings(prior_steps=2, batch_size=4, vocab_size=600, epochs=1)
+    info = bench_model.build_slot_base(tmp_path / "base", tmp_path / "prior", [], align, prior, table, settings,
+                                       say=lambda _: None)
+    assert info["prior_records_mixed"] == len(mixed) and info["steps"] == 2  # one pass over the captions
+    monkeypatch.setattr(bench_model, "CAPTION_PRIOR_SHARE", 0.0)
+    plain = bench_model.build_slot_base(tmp_path / "base", tmp_path / "prior", [], align, prior, table, settings,
+                                        say=lambda _: None)
+    assert plain["key"] != info["key"] and plain["prior_records_mixed"] == 0 and plain["cached"] is False
