@@ -200,9 +200,19 @@ def test_tive_proxy_is_refused_without_the_slot_vision(tmp_path: Path) -> None:
 def test_selection_runs_in_worker_processes_give_the_same_signals(bench: tuple[Path, dict], tmp_path: Path) -> None:
     # With several workers every seed's TIVE stages run in their own process; seed 0's signals equal those computed
     # in the main process (the module's bench, one worker).
+    import resource
+
     out = tmp_path / "pool"
     plan = dataclasses.replace(PLAN, seeds=2, workers=2, ablations=())
-    results = run_bench(out, world_inputs(out, seed=1, sizes=SIZES), plan, BASE, SELECTION)
+    inputs = world_inputs(out, seed=1, sizes=SIZES)
+    # Few file descriptors, as 4,000 records' tensors sent to a process would need many more than a machine allows:
+    # the encoded records go to the processes as a file, not as tensors.
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    resource.setrlimit(resource.RLIMIT_NOFILE, (min(256, soft), hard))
+    try:
+        results = run_bench(out, inputs, plan, BASE, SELECTION)
+    finally:
+        resource.setrlimit(resource.RLIMIT_NOFILE, (soft, hard))
     assert len(results["caches"]["selection"]) == 2
     here = np.load(Path(bench[1]["caches"]["selection"][0]) / "bench_signals.npz")
     pooled = np.load(Path(results["caches"]["selection"][0]) / "bench_signals.npz")

@@ -492,19 +492,29 @@ def alignment_sources(inputs: Inputs, records: list[Record]) -> tuple[list[Recor
         "--align CAPTIONS.json for LLaVA's caption alignment instead")
 
 
-def _selection_job(inputs: Inputs, out: Path, base_dir: Path, key: str, items: list[dict[str, Any]],
+_ITEMS: dict[str, list[dict[str, Any]]] = {}  # encoded records a selection process has read, by file
+
+
+def _selection_job(inputs: Inputs, out: Path, base_dir: Path, key: str, items_path: Path,
                    settings: SelectionSettings, threads: int, seed: int, slots: bool) -> tuple[Signals, dict[str, float], Path]:
-    """One selection run in a worker process (the slot model's classes registered there too)."""
+    """One selection run, here or in a worker process (the slot model's classes registered there too). The encoded
+    records are read from `items_path` (a file holding {"items": [...]}), never sent to the process: thousands of
+    tensors sent between processes each take a file descriptor and ran out of them at 4,000 records."""
+    import torch
+
     if slots:
         from tive.bench.slots import register
 
         register()
-    return compute_signals(inputs, out, base_dir, key, items, settings, threads, seed)
+    if str(items_path) not in _ITEMS:
+        _ITEMS.clear()
+        _ITEMS[str(items_path)] = torch.load(items_path, weights_only=False)["items"]
+    return compute_signals(inputs, out, base_dir, key, _ITEMS[str(items_path)], settings, threads, seed)
 
 
 def run_selections(inputs: Inputs, out: Path, tasks: list[tuple[Any, ...]], plan: Plan,
                    slots: bool) -> list[tuple[Signals, dict[str, float], Path]]:
-    """Every selection run of `tasks` ((method or None, seed, base, key, items, settings)), in task order: in
+    """Every selection run of `tasks` ((method or None, seed, base, key, items file, settings)), in task order: in
     worker processes (as many as the training runs get, each with cpu_count / workers threads) when there are
     several, else here."""
     from concurrent.futures import ProcessPoolExecutor
@@ -524,11 +534,14 @@ def run_selections(inputs: Inputs, out: Path, tasks: list[tuple[Any, ...]], plan
 
 
 def build_variant_base(shared: Shared, size: str, records: list[Record], align: list[Record], prior: list[Record],
-                       table: dict[str, Any], base_settings: BaseSettings,
-                       keys: dict[str, str]) -> tuple[Path, str, list[dict[str, Any]]]:
+                       table: dict[str, Any], base_settings: BaseSettings, keys: dict[str, str],
+                       cache_dir: Path) -> tuple[Path, str, Path]:
     """A slot base of another size (`tive_proxy`'s reference model, with its own prior and caption phase, in
-    DIR/base_<size>), the key of its selection runs and the training records encoded by its processor."""
+    DIR/base_<size>), the key of its selection runs and the file of the training records encoded by its
+    processor (in `cache_dir`, by that key)."""
     from dataclasses import replace as replaced
+
+    import torch
 
     from tive.bench.model import build_slot_base, encode
     from tive.model.loading import load_base
@@ -536,9 +549,14 @@ def build_variant_base(shared: Shared, size: str, records: list[Record], align: 
     base_dir = shared.base_dir.with_name(f"{shared.base_dir.name}_{size}")
     info = build_slot_base(base_dir, shared.prior_root, records, align, prior, table,
                            replaced(base_settings, size=size), say=say)
-    _, processor = load_base(base_dir)
     key = sha256_json({"base": info["key"], "train": keys["selection_inputs"]})
-    return base_dir, key, [encode(processor, r) for r in records]
+    path = cache_dir / f"encoded-{size}-{key[:12]}.pt"
+    if not path.is_file():
+        _, processor = load_base(base_dir)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        torch.save({"items": [encode(processor, r) for r in records]}, path.with_suffix(".tmp"))
+        os.replace(path.with_suffix(".tmp"), path)
+    return base_dir, key, path
 
 
 def resolve_vision(settings: BaseSettings, inputs: Inputs) -> str:
@@ -637,16 +655,16 @@ def run_bench(out: Path, inputs: Inputs, plan: Plan, base_settings: BaseSettings
     truth = read_truth(inputs.defects, [str(r.record_id) for r in records]) if inputs.defects is not None else None
     # TIVE's stages once per seed, and once more per seed for each variant method (`methods.VARIANTS`); the runs are
     # independent, so they go to worker processes like the training runs.
-    tasks: list[tuple[str | None, int, Path, str, list[dict[str, Any]], SelectionSettings]] = []
-    variant_bases: dict[str, tuple[Path, str, list[dict[str, Any]]]] = {}
+    tasks: list[tuple[str | None, int, Path, str, Path, SelectionSettings]] = []
+    variant_bases: dict[str, tuple[Path, str, Path]] = {}
     for seed in range(plan.seeds):
-        tasks.append((None, seed, base_dir, keys["selection_inputs"], encoded["items"], selection))
+        tasks.append((None, seed, base_dir, keys["selection_inputs"], cache_path, selection))
         for method in (m for m in plan.ablations if m in VARIANTS):
-            variant_base, variant_key, variant_items = base_dir, keys["selection_inputs"], encoded["items"]
+            variant_base, variant_key, variant_items = base_dir, keys["selection_inputs"], cache_path
             if method in VARIANT_BASES:
                 if method not in variant_bases:
                     variant_bases[method] = build_variant_base(shared, VARIANT_BASES[method], records, align, prior,
-                                                               table, base_settings, keys)
+                                                               table, base_settings, keys, out / "cache")
                 variant_base, variant_key, variant_items = variant_bases[method]
             tasks.append((method, seed, variant_base, variant_key, variant_items,
                           replace(selection, **VARIANTS[method][1])))
