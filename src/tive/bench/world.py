@@ -979,8 +979,8 @@ def world_config(seed: int, sizes: WorldSizes, kind: str = "clean") -> dict[str,
         "tasks": {t.name: t.redundancy for t in tasks},
         "benchmarks": sorted(BENCHMARKS),
         # 4: defect worlds; 5: wrong answers in three tasks; 6: the prior stream weighted towards the colour+shape
-        # skills (prior_examples)
-        "version": 6,
+        # skills (prior_examples); 7: the prior stream the same in every kind of world
+        "version": 7,
     }
 
 
@@ -1065,9 +1065,12 @@ def write_world(out_dir: Path | str, seed: int, sizes: WorldSizes | None = None,
     dropped = {}
     benchmark_slots: set[str] = set()
     for name, make in BENCHMARKS.items():
-        examples, dropped[name] = drop_seen(make(world_rng(seed, "eval/" + name), sizes.eval), seen)
+        drawn = make(world_rng(seed, "eval/" + name), sizes.eval)
+        # The prior avoids every benchmark scene drawn, before those seen in training are dropped: the drawn items
+        # are the same in every kind of world of a seed, so the prior stream is too, and one prior serves them all.
+        benchmark_slots |= {json.dumps(slots_of(e.image)) for e in drawn if e.image is not None}
+        examples, dropped[name] = drop_seen(drawn, seen)
         record_scenes(examples)
-        benchmark_slots |= {json.dumps(slots_of(e.image)) for e in examples if e.image is not None}
         records = to_records(examples, f"eval/{name}", image_root)
         for record, example in zip(records, examples):
             if "options" in example.truth:
