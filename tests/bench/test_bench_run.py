@@ -154,6 +154,8 @@ def test_worlds_share_one_base_and_the_controls_run_where_defects_are(tmp_path: 
     assert runs == {("clean", m) for m in ("full", "tive", "random", "tive_lastk")} | {
         ("mixed", m) for m in ("full", "tive", "random", "tive_lastk", "clean_oracle", "task_oracle")}
     assert set(results["chance"]) == set(results["benchmarks"]) and results["items"]["pope"] == SIZES.eval
+    per_world = [json.loads(Path(path).read_text())["items"] for path in results["per_world"].values()]
+    assert results["items"] == {name: min(items[name] for items in per_world) for name in results["benchmarks"]}
     assert results["defects"]["clean"] == {}
     mixed = results["defects"]["mixed"]
     assert set(mixed) == {"tive", "random", "tive_lastk", "clean_oracle", "task_oracle"}
