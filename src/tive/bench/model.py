@@ -65,7 +65,7 @@ class Recipe:
 
     steps: int = opt(300, "optimiser steps of the full-data run (and of every run under equal steps)", min=1)
     batch_size: int = opt(32, "records per optimiser step of the fine-tuning runs", min=1)
-    learning_rate: float = opt(2e-3, "AdamW peak learning rate of the fine-tuning runs", above=0)
+    learning_rate: float = opt(7e-4, "AdamW peak learning rate of the fine-tuning runs", above=0)
     freeze_vision: bool = True
 
     def __post_init__(self) -> None:
@@ -110,6 +110,9 @@ class BaseSettings:
                       "world, pixels for --train data)", choices=("auto", "slots", "pixels"))
     prior_steps: int = opt(2000, "slot base: optimiser steps of the language prior on the prior stream",
                            flag="--prior-steps", min=0)
+    caption_learning_rate: float = opt(5e-4, "slot base: learning rate of the caption phase after the prior (lower "
+                                       "than the prior's, so the prior's skills survive it)",
+                                       flag="--caption-learning-rate", above=0)
     size: str = "tiny"  # the slot model's language model: tiny, or proxy (`slots.SLOT_SIZES`, for tive_proxy)
 
     def __post_init__(self) -> None:
@@ -230,7 +233,8 @@ def build_slot_base(base_dir: Path, prior_root: Path, train: Sequence[Record], a
             with torch.random.fork_rng(devices=[]):
                 torch.manual_seed(settings.seed)
                 losses = train_model(model, processor, items, steps=steps, batch_size=settings.batch_size,
-                                     learning_rate=settings.learning_rate, seed=settings.seed, freeze_vision=True)
+                                     learning_rate=settings.caption_learning_rate, seed=settings.seed,
+                                     freeze_vision=True)
         model.save_pretrained(base_dir)
     info = {
         "key": key, "vision": "slots", "settings": asdict(settings), "prior": prior_info,

@@ -1,0 +1,136 @@
+"""Learning rates of the slot base's caption phase and of fine-tuning, measured on a finished bench folder.
+
+    python benchmarks/bench_phases.py BENCH_OUT [--world clean] [--caption-lr 2e-3,5e-4] [--lr 2e-3,7e-4]
+                                      [--seeds 4] [--oracle] [--none]
+
+For each caption learning rate it rebuilds the caption phase from BENCH_OUT's cached language prior (the same
+captions, prior records mixed in and steps as `tive bench`; into BENCH_OUT/phases/caption_<lr>, kept), scores
+the base on the world's benchmarks, then fine-tunes it at each learning rate on full data (seed 0) and on
+random 15% subsets (`--seeds`, uniform over the training records), and with `--oracle` on subsets uniform over
+the world's non-defective records (a world with defects). `--none` adds the prior without a caption phase.
+It prints per base and rate the mean and std of the average over seeds and the mean of each benchmark: the
+measurement behind the defaults `--caption-learning-rate` and `--learning-rate` (README, "Does the selection
+work?"). Uses the bench's own encoded records (BENCH_OUT/WORLD/cache) and training loop; equal steps (the
+full-data run's), batch 32.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import random
+import shutil
+import sys
+from pathlib import Path
+
+
+def caption_base(out: Path, prior_dir: Path, world_dirs: list[Path], rate: float | None, settings: object) -> Path:
+    """The prior with the caption phase at `rate` (None: the prior alone), in out/phases/caption_<rate>."""
+    import torch
+
+    from tive.bench import model as bench_model
+    from tive.bench.runner import _load_records
+    from tive.bench.slots import read_scene_table, slot_ids
+    from tive.model.loading import load_base
+
+    target = out / "phases" / ("prior" if rate is None else f"caption_{rate:g}")
+    marker = target / "phases.json"
+    if marker.is_file():
+        return target
+    if target.exists():
+        shutil.rmtree(target)
+    shutil.copytree(prior_dir, target)
+    (target / bench_model.PRIOR_MARKER).unlink()
+    model, processor = load_base(target)
+    table: dict[str, object] = {}
+    for world_dir in world_dirs:
+        table.update(read_scene_table(world_dir / "scenes.json"))
+    processor.image_processor.table = {d: slot_ids(processor.tokenizer, s) for d, s in table.items()}
+    processor.save_pretrained(target)
+    steps = 0
+    if rate is not None:
+        world_dir = world_dirs[0]
+        align = _load_records(world_dir / "align.json", world_dir / "images", None)
+        prior = _load_records(world_dir / "prior.json", world_dir / "images", None)
+        mixed = bench_model.caption_mix(prior, len(align), settings.seed)
+        items = [bench_model.encode(processor, r) for r in (*align, *mixed)]
+        steps = settings.epochs * math.ceil(len(align) / settings.batch_size)
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(settings.seed)
+            bench_model.train_model(model, processor, items, steps=steps, batch_size=settings.batch_size,
+                                    learning_rate=rate, seed=settings.seed, freeze_vision=True)
+        model.save_pretrained(target)
+    marker.write_text(json.dumps({"caption_learning_rate": rate, "steps": steps}) + "\n")
+    return target
+
+
+def main(argv: list[str] | None = None) -> int:
+    import numpy as np
+    import torch
+
+    from tive.bench import worker
+    from tive.bench.model import BaseSettings, Recipe, fresh_copy, train_model
+    from tive.bench.slots import register
+
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("out", type=Path)
+    parser.add_argument("--world", default="clean")
+    parser.add_argument("--caption-lr", default="2e-3,5e-4")
+    parser.add_argument("--lr", default="2e-3,7e-4")
+    parser.add_argument("--seeds", type=int, default=4)
+    parser.add_argument("--budget", type=float, default=0.15)
+    parser.add_argument("--oracle", action="store_true")
+    parser.add_argument("--none", action="store_true", help="also the prior without a caption phase")
+    args = parser.parse_args(argv)
+    register()
+    torch.set_num_threads(2)
+    base_info = json.loads((args.out / "base" / "bench_base.json").read_text())
+    prior_dir = args.out / "prior" / base_info["prior"]["key"][:12]
+    settings = BaseSettings(**{k: v for k, v in base_info["settings"].items() if k in BaseSettings.__dataclass_fields__})
+    worlds = sorted(p for p in args.out.iterdir() if (p / "world" / "scenes.json").is_file())
+    world_dirs = [args.out / args.world / "world", *(p / "world" for p in worlds if p.name != args.world)]
+    caches = sorted((args.out / args.world / "cache").glob("encoded-*.pt"))
+    if not caches or not prior_dir.is_dir():
+        print(f"{args.out}: no finished bench of world {args.world} (its cache and prior) found", file=sys.stderr)
+        return 2
+    rates: list[float | None] = ([None] if args.none else []) + [float(x) for x in args.caption_lr.split(",")]
+    recipe = Recipe()
+    for rate in rates:
+        base = caption_base(args.out, prior_dir, world_dirs, rate, settings)
+        worker.init(str(caches[-1]), str(base), 2)
+        state = worker._STATE
+        n = len(state["items"])
+        size = round(args.budget * n)
+        scores = worker.evaluate(state["model"], state["processor"], state["benchmarks"])
+        label = "prior alone" if rate is None else f"caption lr {rate:g}"
+        print(f"\n{label}: base " + ", ".join(f"{k} {v:.1f}" for k, v in scores.items()), flush=True)
+        subsets: dict[str, list[list[int]]] = {"full": [list(range(n))]}
+        subsets["random"] = [random.Random(1000 + s).sample(range(n), size) for s in range(args.seeds)]
+        if args.oracle:
+            truth = json.loads((args.out / args.world / "world" / "defects.json").read_text())
+            bad = {r["index"] for r in truth["records"]}
+            clean = [i for i in range(n) if i not in bad]
+            subsets["clean_oracle"] = [random.Random(2000 + s).sample(clean, size) for s in range(args.seeds)]
+        for lr in (float(x) for x in args.lr.split(",")):
+            for method, chosen in subsets.items():
+                averages, per_bench = [], []
+                for seed, positions in enumerate(chosen):
+                    model = fresh_copy(state["model"])
+                    with torch.random.fork_rng(devices=[]):
+                        torch.manual_seed(seed)
+                        train_model(model, state["processor"], [state["items"][p] for p in positions],
+                                    steps=recipe.steps, batch_size=recipe.batch_size, learning_rate=lr, seed=seed,
+                                    freeze_vision=True)
+                    result = worker.evaluate(model, state["processor"], state["benchmarks"])
+                    averages.append(sum(result.values()) / len(result))
+                    per_bench.append(list(result.values()))
+                std = float(np.std(averages, ddof=1)) if len(averages) > 1 else 0.0
+                means = np.mean(per_bench, axis=0)
+                print(f"  lr {lr:g} {method:12s} average {np.mean(averages):5.1f} ± {std:.2f} | "
+                      + ", ".join(f"{k} {v:.1f}" for k, v in zip(result, means)), flush=True)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
