@@ -143,6 +143,36 @@ def test_prior_cache_key_follows_its_content(world: dict, tmp_path: Path) -> Non
     assert steps_key != key
 
 
+def test_prior_key_follows_what_the_slots_hold(world: dict, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The same prior records, images and settings with another slot encoding (e.g. digits without their column,
+    as before) train another prior: one trained on the old slots is never reused."""
+    prior, align = _records(world, "prior")[:12], _records(world, "align")[:6]
+    table = slots.read_scene_table(Path(world["scenes"]))
+    settings = BaseSettings(prior_steps=2, batch_size=4, vocab_size=600)
+    _, key, _ = build_prior(tmp_path, prior, align, table, settings, say=lambda _: None)
+    old = slots.number_slots
+
+    def digits_without_place(text: str, color: str) -> list:
+        return [[w, c, None, None] if w in slots.DIGITS else [w, c, r, p] for w, c, r, p in old(text, color)]
+
+    monkeypatch.setattr(slots, "number_slots", digits_without_place)
+    said: list[str] = []
+    _, other, _ = build_prior(tmp_path, prior, align, table, settings, say=said.append)
+    assert other != key and "trained on" in said[-1]
+
+
+def test_a_numbers_digits_carry_their_column() -> None:
+    """One digit stands in the middle row's center, two at its left and right, in reading order; the other slots
+    are empty."""
+    assert slots.number_slots("7", "red")[0] == ["7", "red", "middle", "center"]
+    two = slots.number_slots("42", "blue")
+    assert two[:2] == [["4", "blue", "middle", "left"], ["2", "blue", "middle", "right"]]
+    assert two[2:] == [[slots.EMPTY, None, None, None]] * 7 and len(two) == slots.SLOTS
+    assert slots.number_slots("07", "red")[:2] == [["0", "red", "middle", "left"], ["7", "red", "middle", "right"]]
+    with pytest.raises(TiveError, match="one or two digits"):
+        slots.number_slots("123", "red")
+
+
 def test_cloze_picks_the_option_with_the_highest_summed_loglik(world: dict, model_dir: Path) -> None:
     from tive.bench.evalsets import load_benchmark
     from tive.bench.worker import evaluate

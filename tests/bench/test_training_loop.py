@@ -66,3 +66,24 @@ def test_random_batches_partition_the_records_in_a_seeded_order() -> None:
     assert [len(b) for b in first] == [32, 32, 6]
     assert sorted(i for b in first for i in b) == list(range(70))
     assert first == again and first != other
+
+
+def test_after_step_sees_every_step_in_training_mode_and_changes_nothing() -> None:
+    """`after_step` is called once per optimiser step, after it, with the step's number; a callback that puts the
+    model in eval mode (as scoring does) leaves the next step training, and the losses equal a run without it."""
+    items = [_item(n) for n in (3, 5, 7, 9) * 8]
+    torch.manual_seed(0)
+    plain = _train(_Recorder(), items, steps=3, micro=8)
+    seen: list[tuple[int, bool]] = []
+    torch.manual_seed(0)
+    model = _Recorder()  # the same initial weights as the plain run's
+
+    def score(step: int) -> None:
+        seen.append((step, model.training))
+        model.eval()
+
+    processor = SimpleNamespace(tokenizer=SimpleNamespace(pad_token_id=0, eos_token_id=0))
+    losses = bench_model.train_model(model, processor, items, steps=3, batch_size=32, learning_rate=1e-3, seed=0,
+                                     freeze_vision=True, micro_batch_size=8, after_step=score)
+    assert seen == [(1, True), (2, True), (3, True)]
+    assert losses == pytest.approx(plain)

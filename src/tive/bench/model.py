@@ -23,7 +23,7 @@ import copy
 import json
 import math
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
@@ -108,7 +108,7 @@ class BaseSettings:
     vision: str = opt("auto", "the base model's vision: slots (word-like slots from the built-in world's recorded "
                       "scenes, and a language prior), pixels (a CLIP tower on pixels), auto (slots for the built-in "
                       "world, pixels for --train data)", choices=("auto", "slots", "pixels"))
-    prior_steps: int = opt(2000, "slot base: optimiser steps of the language prior on the prior stream",
+    prior_steps: int = opt(4000, "slot base: optimiser steps of the language prior on the prior stream",
                            flag="--prior-steps", min=0)
     caption_learning_rate: float = opt(5e-4, "slot base: learning rate of the caption phase after the prior (lower "
                                        "than the prior's, so the prior's skills survive it)",
@@ -146,7 +146,7 @@ def build_prior(prior_root: Path, prior: Sequence[Record], align: Sequence[Recor
     import torch
 
     from tive.bench.keys import record_content
-    from tive.bench.slots import build_slot_model
+    from tive.bench.slots import build_slot_model, slot_encoding
     from tive.io import sha256_json
     from tive.model.loading import load_base
 
@@ -155,6 +155,7 @@ def build_prior(prior_root: Path, prior: Sequence[Record], align: Sequence[Recor
         "settings": {k: getattr(settings, k) for k in ("seed", "vocab_size", "prior_steps", "batch_size",
                                                        "learning_rate")},
         **({"size": settings.size} if settings.size != "tiny" else {}),
+        "slot_encoding": slot_encoding(),
         "prior": [record_content(r) for r in prior],
         "align": [[t.text() for t in r.turns] for r in align],
     })
@@ -474,8 +475,11 @@ def _pad_id(processor: Any) -> int:
 
 def train_model(model: Any, processor: Any, items: Sequence[dict[str, Any]], *, steps: int, batch_size: int,
                 learning_rate: float, seed: int, freeze_vision: bool, weight_decay: float = 0.0,
-                micro_batch_size: int = MICRO_BATCH) -> list[float]:
+                micro_batch_size: int = MICRO_BATCH, after_step: Callable[[int], None] | None = None) -> list[float]:
     """Train `model` on pre-encoded items for `steps` optimiser steps; returns the loss of each step.
+
+    `after_step(step)`, when given, is called after each optimiser step (1-based), e.g. to score the model along
+    the way (`benchmarks/bench_prior_curve.py`); the model is left in training mode after it returns.
 
     Each step's batch is a random sample of the records (`_random_batches`, in the order of `torch.Generator(seed)`,
     cycling through fresh passes as needed). Its records are sorted by length and run through the model in
@@ -515,6 +519,9 @@ def train_model(model: Any, processor: Any, items: Sequence[dict[str, Any]], *, 
         scheduler.step()
         optimizer.zero_grad(set_to_none=True)
         losses.append(step_loss)
+        if after_step is not None:
+            after_step(len(losses))
+            model.train()
     model.eval()
     return losses
 

@@ -672,8 +672,8 @@ DEFECTS: dict[str, Defect] = {
     "size": Defect("known_task", ("colors",), 200.0, False,
                    "a large added task (colors, 200 in LLaVA-665K's thousands) of colour and shape look-ups the "
                    "language prior already answers, beside the small hard tasks the benchmarks need"),
-    "trap": Defect("trap", ("quiz",), 20.0, True,
-                   "a small added task (quiz, 20 in LLaVA-665K's thousands) whose answers are drawn at random: a "
+    "trap": Defect("trap", ("quiz",), 40.0, True,
+                   "a small added task (quiz, 40 in LLaVA-665K's thousands) whose answers are drawn at random: a "
                    "high gradient norm that should not draw budget"),
 }
 EXTRA_TASKS = {"colors": task_colors, "quiz": task_quiz}
@@ -979,8 +979,9 @@ def world_config(seed: int, sizes: WorldSizes, kind: str = "clean") -> dict[str,
         "tasks": {t.name: t.redundancy for t in tasks},
         "benchmarks": sorted(BENCHMARKS),
         # 4: defect worlds; 5: wrong answers in three tasks; 6: the prior stream weighted towards the colour+shape
-        # skills (prior_examples); 7: the prior stream the same in every kind of world
-        "version": 7,
+        # skills (prior_examples); 7: the prior stream the same in every kind of world; 8: a number's digits carry
+        # their column in the slots (slots.number_slots), the trap task twice as large (40)
+        "version": 8,
     }
 
 
