@@ -71,9 +71,9 @@ def scene_slots(items: Iterable[tuple[str, str, int, int]]) -> list[list[str | N
 def number_slots(text: str, color: str) -> list[list[str | None]]:
     """The 9 slots of a number image: [digit, colour, "middle", column word] per digit, in reading order, then
     [empty, None, None, None]. Row and column say where the digit stands, as a scene's slots say where a shape
-    stands: the column "center" for a one-digit number, "left" then "right" for two digits (before, digits carried
-    no place and the model often stopped after a two-digit number's first digit: on world seed 2 TextVQA's std
-    over seeds was 6.5 points with full data, the largest share of the average's)."""
+    stands: the column "center" for a one-digit number, "left" then "right" for two digits. (Measured on world
+    seed 2: the places alone did not stop the model from ending a two-digit answer after its first digit, TextVQA's
+    std over seeds with full data 5.9 against 6.5 without them; the 4,000-step prior did, 1.3.)"""
     from tive.bench.world import COLS, ROWS
 
     places = {1: (COLS[1],), 2: (COLS[0], COLS[2])}.get(len(text))
