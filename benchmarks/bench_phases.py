@@ -3,8 +3,9 @@
     python benchmarks/bench_phases.py BENCH_OUT [--world clean] [--caption-lr 2e-3,5e-4] [--lr 2e-3,7e-4]
                                       [--seeds 4] [--oracle] [--none]
 
-For each caption learning rate it rebuilds the caption phase from BENCH_OUT's cached language prior (the same
-captions, prior records mixed in and steps as `tive bench`; into BENCH_OUT/phases/caption_<lr>, kept), scores
+For each caption learning rate it builds the slot base with the bench's own `build_slot_base` from BENCH_OUT's
+cached language prior (the same captions, prior records mixed in and steps as `tive bench`; into
+BENCH_OUT/phases/caption_<lr>, kept; a prior cached under other settings is trained again first), scores
 the base on the world's benchmarks, then fine-tunes it at each learning rate on full data (seed 0) and on
 random 15% subsets (`--seeds`, uniform over the training records), and with `--oracle` on subsets uniform over
 the world's non-defective records (a world with defects). `--none` adds the prior without a caption phase.
@@ -18,50 +19,32 @@ from __future__ import annotations
 
 import argparse
 import json
-import math
 import random
-import shutil
 import sys
 from pathlib import Path
 
 
-def caption_base(out: Path, prior_dir: Path, world_dirs: list[Path], rate: float | None, settings: object) -> Path:
-    """The prior with the caption phase at `rate` (None: the prior alone), in out/phases/caption_<rate>."""
-    import torch
+def caption_base(out: Path, world_dirs: list[Path], rate: float | None, settings: object) -> Path:
+    """The base with the caption phase at `rate`, built by the bench's own `build_slot_base` from out's cached
+    prior into out/phases/caption_<rate> (kept); `rate` None: the cached prior itself, without a caption phase."""
+    from dataclasses import replace
 
     from tive.bench import model as bench_model
     from tive.bench.runner import _load_records
-    from tive.bench.slots import read_scene_table, slot_ids
-    from tive.model.loading import load_base
+    from tive.bench.slots import read_scene_table
 
-    target = out / "phases" / ("prior" if rate is None else f"caption_{rate:g}")
-    marker = target / "phases.json"
-    if marker.is_file():
-        return target
-    if target.exists():
-        shutil.rmtree(target)
-    shutil.copytree(prior_dir, target)
-    (target / bench_model.PRIOR_MARKER).unlink()
-    model, processor = load_base(target)
+    world_dir = world_dirs[0]
+    align = _load_records(world_dir / "align.json", world_dir / "images", None)
+    prior = _load_records(world_dir / "prior.json", world_dir / "images", None)
     table: dict[str, object] = {}
-    for world_dir in world_dirs:
-        table.update(read_scene_table(world_dir / "scenes.json"))
-    processor.image_processor.table = {d: slot_ids(processor.tokenizer, s) for d, s in table.items()}
-    processor.save_pretrained(target)
-    steps = 0
-    if rate is not None:
-        world_dir = world_dirs[0]
-        align = _load_records(world_dir / "align.json", world_dir / "images", None)
-        prior = _load_records(world_dir / "prior.json", world_dir / "images", None)
-        mixed = bench_model.caption_mix(prior, len(align), settings.seed)
-        items = [bench_model.encode(processor, r) for r in (*align, *mixed)]
-        steps = settings.epochs * math.ceil(len(align) / settings.batch_size)
-        with torch.random.fork_rng(devices=[]):
-            torch.manual_seed(settings.seed)
-            bench_model.train_model(model, processor, items, steps=steps, batch_size=settings.batch_size,
-                                    learning_rate=rate, seed=settings.seed, freeze_vision=True)
-        model.save_pretrained(target)
-    marker.write_text(json.dumps({"caption_learning_rate": rate, "steps": steps}) + "\n")
+    for other in world_dirs:
+        table.update(read_scene_table(other / "scenes.json"))
+    if rate is None:
+        prior_dir, _, _ = bench_model.build_prior(out / "prior", prior, align, table, settings)
+        return prior_dir
+    target = out / "phases" / f"caption_{rate:g}"
+    bench_model.build_slot_base(target, out / "prior", [], align, prior, table,
+                                replace(settings, caption_learning_rate=rate))
     return target
 
 
@@ -86,18 +69,17 @@ def main(argv: list[str] | None = None) -> int:
     register()
     torch.set_num_threads(2)
     base_info = json.loads((args.out / "base" / "bench_base.json").read_text())
-    prior_dir = args.out / "prior" / base_info["prior"]["key"][:12]
     settings = BaseSettings(**{k: v for k, v in base_info["settings"].items() if k in BaseSettings.__dataclass_fields__})
     worlds = sorted(p for p in args.out.iterdir() if (p / "world" / "scenes.json").is_file())
     world_dirs = [args.out / args.world / "world", *(p / "world" for p in worlds if p.name != args.world)]
     caches = sorted((args.out / args.world / "cache").glob("encoded-*.pt"))
-    if not caches or not prior_dir.is_dir():
+    if not caches:
         print(f"{args.out}: no finished bench of world {args.world} (its cache and prior) found", file=sys.stderr)
         return 2
     rates: list[float | None] = ([None] if args.none else []) + [float(x) for x in args.caption_lr.split(",")]
     recipe = Recipe()
     for rate in rates:
-        base = caption_base(args.out, prior_dir, world_dirs, rate, settings)
+        base = caption_base(args.out, world_dirs, rate, settings)
         worker.init(str(caches[-1]), str(base), 2)
         state = worker._STATE
         n = len(state["items"])
