@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import argparse
 import logging
+import os
 import sys
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -261,6 +262,24 @@ def _given_flags(argv: list[str] | None, command: str) -> set[str]:
             if value is not unset and not (name in appended and value is None)}
 
 
+def _leave_launch(code: int) -> None:
+    """A rank of a multi-process launch (torchrun, srun) that ends with an error leaves at once, its output flushed.
+
+    Its peers stop with a message of their own (the warm-up's status exchange, or a failed collective). Leaving
+    through the interpreter's normal exit tears down a process group whose peer may already be gone, and that
+    aborted the rank (SIGABRT, exit -6) after it had printed its message: seen in CI on both two-rank stop tests of
+    `tests/test_warmup_scale.py`, about once in 13 runs. A single process, or a rank without a process group,
+    returns normally.
+    """
+    dist = sys.modules.get("torch.distributed")
+    if dist is None or not dist.is_available() or not dist.is_initialized() or dist.get_world_size() < 2:
+        return
+    sys.stdout.flush()
+    sys.stderr.flush()
+    logging.shutdown()
+    os._exit(code)
+
+
 def main(argv: list[str] | None = None) -> int:
     logging.getLogger("tive").setLevel(logging.INFO)
     try:
@@ -268,6 +287,7 @@ def main(argv: list[str] | None = None) -> int:
         args.func(args)
     except TiveError as exc:
         print(f"tive: error: {exc}", file=sys.stderr)
+        _leave_launch(2)
         return 2
     except KeyboardInterrupt:
         print("tive: interrupted; rerun the same command to resume", file=sys.stderr)
