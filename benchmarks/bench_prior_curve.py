@@ -2,9 +2,9 @@
 
     python benchmarks/bench_prior_curve.py BENCH_OUT [--steps 4000] [--every 500] [--benchmarks pope,vqav2,gqa]
 
-Trains a fresh slot prior exactly as `tive bench` does (`model.build_prior`'s tokenizer, initialisation and
-training loop on BENCH_OUT's prior stream, world seed's settings at their defaults except `--steps`), into
-BENCH_OUT/phases/prior_curve_<steps>, and every `--every` steps scores it on the world's benchmarks (greedy short
+Trains a slot prior with the bench's own `model.build_prior` (its tokenizer, initialisation and training loop on
+BENCH_OUT's prior stream, the settings at their defaults except `--steps`), cached in BENCH_OUT/phases/prior_curve/,
+and every `--every` steps scores it on the world's benchmarks (greedy short
 answers, as the bench scores a fine-tuned model). The cosine schedule is the one of a `--steps`-step prior, so the
 score at step k is not that of a k-step prior; the last line is the `--steps` prior's own. The measurement behind
 `--prior-steps` (README, "Does the selection work?"). BENCH_OUT must hold a finished bench (its `clean` world's
@@ -16,6 +16,7 @@ from __future__ import annotations
 import argparse
 import sys
 import time
+from dataclasses import replace
 from pathlib import Path
 
 
@@ -25,8 +26,7 @@ def main(argv: list[str] | None = None) -> int:
     from tive.bench import model as bench_model
     from tive.bench import worker
     from tive.bench.runner import _load_records
-    from tive.bench.slots import build_slot_model, read_scene_table, register
-    from tive.model.loading import load_base
+    from tive.bench.slots import read_scene_table, register
 
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("out", type=Path)
@@ -41,23 +41,18 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     register()
     torch.set_num_threads(1)
-    settings = bench_model.BaseSettings()
+    settings = replace(bench_model.BaseSettings(), prior_steps=args.steps)
     world = args.out / args.world / "world"
     prior = _load_records(world / "prior.json", world / "images", None)
     align = _load_records(world / "align.json", world / "images", None)
     table: dict[str, object] = {}
     for scenes in sorted(args.out.glob("*/world/scenes.json")):
         table.update(read_scene_table(scenes))
-    target = args.out / "phases" / f"prior_curve_{args.steps}"
-    build_slot_model(target, bench_model._tokenizer_texts(prior, align), table, seed=settings.seed,
-                     vocab_size=settings.vocab_size)
-    model, processor = load_base(target)
-    items = [bench_model.encode(processor, r) for r in prior]
     wanted = set(args.benchmarks.split(","))
     benchmarks = [b for b in torch.load(caches[-1], weights_only=False)["benchmarks"] if b["name"] in wanted]
     started = time.perf_counter()
 
-    def score(step: int) -> None:
+    def score(model: object, processor: object, step: int) -> None:
         if step % args.every and step != args.steps:
             return
         model.eval()
@@ -66,11 +61,9 @@ def main(argv: list[str] | None = None) -> int:
         print(f"step {step:5d} ({time.perf_counter() - started:4.0f} s): "
               + ", ".join(f"{name} {value:.1f}" for name, value in scores.items()), flush=True)
 
-    with torch.random.fork_rng(devices=[]):
-        torch.manual_seed(settings.seed)
-        bench_model.train_model(model, processor, items, steps=args.steps, batch_size=settings.batch_size,
-                                learning_rate=settings.learning_rate, seed=settings.seed, freeze_vision=True,
-                                after_step=score)
+    # The bench's own build_prior, in a root of its own: a prior already cached there is not trained again (and
+    # scored on the way); remove BENCH_OUT/phases/prior_curve to measure again.
+    bench_model.build_prior(args.out / "phases" / "prior_curve", prior, align, table, settings, after_step=score)
     return 0
 
 

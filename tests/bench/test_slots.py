@@ -315,3 +315,18 @@ def test_caption_phase_trains_at_its_own_learning_rate_and_keeps_the_prior(world
                                          say=lambda _: None)
     assert rates == [2e-3, 3e-4, 1e-4]  # the prior is reused from its cache; only the captions run again
     assert second["key"] != first["key"] and second["prior"]["key"] == first["prior"]["key"]
+
+
+def test_build_prior_reports_each_step_of_a_prior_it_trains_only(world: dict, tmp_path: Path) -> None:
+    """`after_step` sees the model being trained after each step (bench_prior_curve.py scores it there); a prior
+    taken from the cache is not trained, so it is not called."""
+    prior, align = _records(world, "prior")[:12], _records(world, "align")[:6]
+    table = slots.read_scene_table(Path(world["scenes"]))
+    settings = BaseSettings(prior_steps=2, batch_size=4, vocab_size=600)
+    seen: list[tuple[str, int]] = []
+    build_prior(tmp_path, prior, align, table, settings, say=lambda _: None,
+                after_step=lambda model, processor, step: seen.append((type(model).__name__, step)))
+    assert seen == [("SlotLlavaForConditionalGeneration", 1), ("SlotLlavaForConditionalGeneration", 2)]
+    build_prior(tmp_path, prior, align, table, settings, say=lambda _: None,
+                after_step=lambda model, processor, step: seen.append(("cached", step)))
+    assert len(seen) == 2

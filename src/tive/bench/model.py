@@ -137,8 +137,12 @@ def _tokenizer_texts(prior: Sequence[Record], align: Sequence[Record]) -> list[s
 
 
 def build_prior(prior_root: Path, prior: Sequence[Record], align: Sequence[Record], table: dict[str, Any],
-                settings: BaseSettings, say: Any = print) -> tuple[Path, str, dict[str, Any]]:
+                settings: BaseSettings, say: Any = print,
+                after_step: Callable[[Any, Any, int], None] | None = None) -> tuple[Path, str, dict[str, Any]]:
     """The slot model trained on the prior stream (issue 19, item 2), cached in prior_root/<key>.
+
+    `after_step(model, processor, step)`, when given, is called after each training step of a prior that is
+    trained (not of a cached one): `benchmarks/bench_prior_curve.py` scores the prior along the way with it.
 
     The key holds the training loop, the settings the prior depends on, the prior records' content (turns and
     image digests) and the captions (the tokenizer learns from both). Returns (directory, key, info).
@@ -175,7 +179,9 @@ def build_prior(prior_root: Path, prior: Sequence[Record], align: Sequence[Recor
             torch.manual_seed(settings.seed)
             losses = train_model(model, processor, items, steps=settings.prior_steps,
                                  batch_size=settings.batch_size, learning_rate=settings.learning_rate,
-                                 seed=settings.seed, freeze_vision=True)
+                                 seed=settings.seed, freeze_vision=True,
+                                 after_step=None if after_step is None
+                                 else lambda step: after_step(model, processor, step))
         model.save_pretrained(prior_dir)
     info = {"key": key, "records": len(prior), "steps": len(losses),
             "loss_first": losses[0] if losses else None,
