@@ -1,7 +1,7 @@
 """Learning rates of the slot base's caption phase and of fine-tuning, measured on a finished bench folder.
 
     python benchmarks/bench_phases.py BENCH_OUT [--world clean] [--caption-lr 2e-3,5e-4] [--lr 2e-3,7e-4]
-                                      [--seeds 4] [--oracle] [--none]
+                                      [--seeds 4] [--oracle] [--none] [--split-noise]
 
 For each caption learning rate it builds the slot base with the bench's own `build_slot_base` from BENCH_OUT's
 cached language prior (the same captions, prior records mixed in and steps as `tive bench`; into
@@ -9,6 +9,8 @@ BENCH_OUT/phases/caption_<lr>, kept; a prior cached under other settings is trai
 the base on the world's benchmarks, then fine-tunes it at each learning rate on full data (seed 0) and on
 random 15% subsets (`--seeds`, uniform over the training records), and with `--oracle` on subsets uniform over
 the world's non-defective records (a world with defects). `--none` adds the prior without a caption phase.
+`--split-noise` splits random 15%'s spread into its two sources: the same subsets trained at one seed (which
+records a subset holds) and the first subset trained at every seed (the training run's own noise).
 It prints per base and rate the mean and std of the average over seeds and the mean of each benchmark: the
 measurement behind the defaults `--caption-learning-rate` and `--learning-rate` (README, "Does the selection
 work?"). Uses the bench's own encoded records (BENCH_OUT/WORLD/cache) and training loop; equal steps (the
@@ -65,6 +67,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--budget", type=float, default=0.15)
     parser.add_argument("--oracle", action="store_true")
     parser.add_argument("--none", action="store_true", help="also the prior without a caption phase")
+    parser.add_argument("--split-noise", action="store_true",
+                        help="also split random 15%%'s spread: subsets varied at training seed 0, and subset 0 "
+                             "trained with seeds varied")
     args = parser.parse_args(argv)
     register()
     torch.set_num_threads(2)
@@ -94,10 +99,14 @@ def main(argv: list[str] | None = None) -> int:
             bad = {r["index"] for r in truth["records"]}
             clean = [i for i in range(n) if i not in bad]
             subsets["clean_oracle"] = [random.Random(2000 + s).sample(clean, size) for s in range(args.seeds)]
+        if args.split_noise:  # (positions, training seed) per run: only one of the two varies
+            subsets["random, seed fixed"] = [(p, 0) for p in subsets["random"]]
+            subsets["random, subset fixed"] = [(subsets["random"][0], s) for s in range(args.seeds)]
         for lr in (float(x) for x in args.lr.split(",")):
             for method, chosen in subsets.items():
                 averages, per_bench = [], []
-                for seed, positions in enumerate(chosen):
+                for run, job in enumerate(chosen):
+                    positions, seed = job if isinstance(job, tuple) else (job, run)
                     model = fresh_copy(state["model"])
                     with torch.random.fork_rng(devices=[]):
                         torch.manual_seed(seed)
@@ -109,7 +118,7 @@ def main(argv: list[str] | None = None) -> int:
                     per_bench.append(list(result.values()))
                 std = float(np.std(averages, ddof=1)) if len(averages) > 1 else 0.0
                 means = np.mean(per_bench, axis=0)
-                print(f"  lr {lr:g} {method:12s} average {np.mean(averages):5.1f} ± {std:.2f} | "
+                print(f"  lr {lr:g} {method:20s} average {np.mean(averages):5.1f} ± {std:.2f} | "
                       + ", ".join(f"{k} {v:.1f}" for k, v in zip(result, means)), flush=True)
     return 0
 
