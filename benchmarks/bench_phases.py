@@ -92,21 +92,22 @@ def main(argv: list[str] | None = None) -> int:
         scores = worker.evaluate(state["model"], state["processor"], state["benchmarks"])
         label = "prior alone" if rate is None else f"caption lr {rate:g}"
         print(f"\n{label}: base " + ", ".join(f"{k} {v:.1f}" for k, v in scores.items()), flush=True)
-        subsets: dict[str, list[list[int]]] = {"full": [list(range(n))]}
-        subsets["random"] = [random.Random(1000 + s).sample(range(n), size) for s in range(args.seeds)]
+        # Per method, its runs as (positions, training seed); run s of a method trains at seed s unless said.
+        random_subsets = [random.Random(1000 + s).sample(range(n), size) for s in range(args.seeds)]
+        runs: dict[str, list[tuple[list[int], int]]] = {"full": [(list(range(n)), 0)]}
+        runs["random"] = [(p, s) for s, p in enumerate(random_subsets)]
         if args.oracle:
             truth = json.loads((args.out / args.world / "world" / "defects.json").read_text())
             bad = {r["index"] for r in truth["records"]}
             clean = [i for i in range(n) if i not in bad]
-            subsets["clean_oracle"] = [random.Random(2000 + s).sample(clean, size) for s in range(args.seeds)]
-        if args.split_noise:  # (positions, training seed) per run: only one of the two varies
-            subsets["random, seed fixed"] = [(p, 0) for p in subsets["random"]]
-            subsets["random, subset fixed"] = [(subsets["random"][0], s) for s in range(args.seeds)]
+            runs["clean_oracle"] = [(random.Random(2000 + s).sample(clean, size), s) for s in range(args.seeds)]
+        if args.split_noise:  # only one of the two varies
+            runs["random, seed fixed"] = [(p, 0) for p in random_subsets]
+            runs["random, subset fixed"] = [(random_subsets[0], s) for s in range(args.seeds)]
         for lr in (float(x) for x in args.lr.split(",")):
-            for method, chosen in subsets.items():
+            for method, jobs in runs.items():
                 averages, per_bench = [], []
-                for run, job in enumerate(chosen):
-                    positions, seed = job if isinstance(job, tuple) else (job, run)
+                for positions, seed in jobs:
                     model = fresh_copy(state["model"])
                     with torch.random.fork_rng(devices=[]):
                         torch.manual_seed(seed)
