@@ -121,3 +121,36 @@ def test_one_claim_at_a_time_and_an_abandoned_one_is_taken_over(tmp_path: Path):
     os.utime(elsewhere, (0, os.stat(elsewhere).st_mtime - 120))
     assert store.claim_completion(mine, 60.0)  # no progress for longer than the timeout: taken over
     assert not list(store.dir.glob(".claim.*"))
+
+
+def test_a_shard_that_loses_the_claim_to_one_that_has_just_finished_names_the_finisher(tmp_path: Path, monkeypatch):
+    """CI saw it once: the losing shard's claim failed, then the winner completed the store and released its claim
+    before the loser read who held it. The loser went on with the meta.json of before (no owner) and said only
+    "the shard that completes the store scores and selects". It looks again instead: the store is complete now,
+    and its meta.json names who completed it."""
+    from tive.features import completion
+
+    done = {"complete": True, "completed_by": {"process": "shard 0 of 2 (shard)"}}
+
+    class JustFinished:
+        """A store whose completion another shard held at our claim and released before we asked who held it."""
+
+        def __init__(self) -> None:
+            self.state: dict = {"request": {"feature_dtype": "float16"}}
+
+        def meta(self) -> dict:
+            return self.state
+
+        def claim_completion(self, owner: dict, stale_after: float) -> bool:
+            self.state = done  # the holder finishes and lets go in between
+            return False
+
+        def completion_claim(self) -> None:
+            return None
+
+        claim_path = tmp_path / "completing.json"  # absent: nobody holds the claim any more
+
+    monkeypatch.setattr(completion, "chunk_records_of", lambda run_dir, store, meta: [])
+    monkeypatch.setattr(completion, "sync_manifest", lambda run_dir, store, **_: store.meta())
+    meta = completion.complete_store(tmp_path, JustFinished(), "shard 1 of 2 (shard)", wait=False, wait_timeout=60.0)
+    assert meta == done

@@ -90,7 +90,10 @@ def complete_store(run_dir: Path, store: FeatureStore, process: str, wait: bool,
                                                                                 meta=merged))
             finally:
                 store.release_completion(owner)
-        holder = store.completion_claim() or {}
+        holder = store.completion_claim()
+        if holder is None and not store.claim_path.exists():
+            continue  # its holder let go since our claim (done, or failed): look again
+        holder = holder or {}
         if not wait:
             say(f"features: {holder.get('process', 'another process')} is completing the store")
             return meta
